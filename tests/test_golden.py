@@ -39,21 +39,22 @@ CONFIG = {
     "init_model": {"vocab_size": 384, "hidden_size": 64, "intermediate_size": 192, "num_hidden_layers": 2,
                    "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 512,
                    "seed": 0},
-    "collect": {"batch_size": 16, "max_new_tokens": 320, "max_generate_calls": 2},
+    "collect": {"batch_size": 16, "max_new_tokens": 320},
     "edit": {"feedback": "script:feedback_scripts/multistep_arithmetic.py",
-             "improvement": "script:feedback_scripts/multistep_arithmetic.py", "max_improvements": 5},
-    "process": {"p": 0.43, "max_tokens": 768, "include_gold": True, "seed": 0},
-    "train": {"epochs": 1, "learning_rate": 0.003, "micro_batch_size": 2, "max_length": 768, "w": 1.5,
-              "log_every_steps": 5},
-    "evaluate": {"batch_size": 16, "max_new_tokens": 320, "max_generate_calls": 2},
+             "improvement": "script:feedback_scripts/multistep_arithmetic.py"},
+    "process": {"max_tokens": 768, "seed": 0},
+    "train": {"epochs": 1, "learning_rate": 0.003, "micro_batch_size": 2, "max_length": 768, "log_every_steps": 5},
+    "evaluate": {"batch_size": 16, "max_new_tokens": 320},
+    "tripost": {"p": 0.43, "w": 1.5, "max_improvements": 5, "include_gold": True, "collect_max_calls": 2,
+                "evaluate_max_calls": 2},
     "iterate": {"rounds": 1, "warmup": True, "warmup_epochs": 8, "baseline": True},
 }
 
 # Stage -> file, relative to the run directory.
 EXAMPLE_FILES = {
-    "warmup": "round_0/warmup_process/examples.jsonl",
-    "round_1": "round_1/process/examples.jsonl",
-    "baseline_1": "baseline/round_1/process/examples_matched.jsonl",
+    "warmup": "round_0/warmup_process/base.jsonl",
+    "round_1": "round_1/process/learner.jsonl",
+    "baseline_1": "baseline/round_1/process/baseline.jsonl",
 }
 PREDICTION_DIRS = {"warmup": "round_0/evaluate", "round_1": "round_1/evaluate",
                    "baseline_1": "baseline/round_1/evaluate"}
@@ -176,21 +177,13 @@ def encoded_examples(path: Path, tokenizer, cfg) -> list[tuple[list[int], list[f
     from tripost import train
     from tripost.records import read_examples
 
-    return [train.encode_example(e, tokenizer, cfg.train) for e in read_examples(path)]
+    return [train.encode_example(e, tokenizer, cfg.train.max_length) for e in read_examples(path)]
 
 
 def model_texts(path: Path) -> list[tuple[str, list[str]]]:
     from tripost.records import read_trajectories
 
-    out = []
-    for t in read_trajectories(path):
-        texts = []
-        for turn in t.turns:
-            texts.append(turn.attempt)
-            if turn.feedback is not None:
-                texts.append(turn.feedback)
-        out.append((t.id, texts))
-    return out
+    return [(t.id, [m.text for m in t.messages]) for t in read_trajectories(path)]
 
 
 METRIC_KEYS = ("n", "accuracy", "first_accuracy", "si_frequency", "si_contribution", "si_harm")

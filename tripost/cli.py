@@ -21,6 +21,7 @@ import argparse
 import importlib
 import sys
 
+from tripost.config import METHOD_NAMES
 from tripost.errors import TripostError
 
 EPILOG = "Overrides: trailing key.sub=value pairs, e.g. collect.batch_size=64 task.name=word_sorting."
@@ -81,29 +82,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     _common(p)
 
-    p = add("process", "process", "trajectories -> weighted training examples, rebalanced",
-            "Split trajectories into improvement and terminal examples, add gold rationales, dedupe, "
-            "apply the token limit and rebalance to a share process.p of improvement examples. "
-            "Writes examples.jsonl and stats.json.")
+    p = add("process", "process", "trajectories -> weighted training examples, one file per model",
+            "The method turns trajectories into weighted examples (TriPosT: improvement and terminal "
+            "examples plus gold rationales, rebalanced to a share tripost.p of improvement examples); "
+            "then duplicates and examples over process.max_tokens are dropped. Writes <model>.jsonl "
+            "and stats.json.")
     p.add_argument("--trajectories", nargs="*", default=[], metavar="FILE", help="trajectories JSONL file(s)")
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer for the length limit (config model)")
-    p.add_argument("--gold-only", action="store_true", help="only gold-rationale examples (the warm-up data)")
+    p.add_argument("--rationales", action="store_true",
+                   help="rationale SFT data instead: question -> gold rationale (the warm-up data)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     _common(p)
 
     p = add("train", "train", "weighted SFT with DeepSpeed",
-            "Weighted SFT: first-attempt tokens weight 1, feedback and improvement tokens weight "
-            "train.w, question masked. Runs single-process on its own or under the `deepspeed` "
-            "launcher. Checkpoints are resumable Hugging Face directories.")
+            "Weighted SFT: every token is trained with the weight of the segment it ends in, as the "
+            "method set it (TriPosT: attempt 1, feedback and update tripost.w, question 0). Runs "
+            "single-process on its own or under the `deepspeed` launcher. Checkpoints are resumable "
+            "Hugging Face directories.")
     p.add_argument("--examples", required=True, metavar="FILE", help="examples JSONL from `tripost process`")
     p.add_argument("--model", metavar="DIR", help="model to start from (config model)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     _common(p, task=False)
 
-    p = add("iterate", "iterate", "the whole TriPosT loop, resumable (built-in demo with no config)",
-            "Per round: collect -> edit -> process -> train -> evaluate, under runs/<name>/round_<k>/. "
-            "Rerunning resumes at the first unfinished stage. With no config: the built-in CPU demo "
-            "on multistep_arithmetic with scripted feedback and a tiny local model.")
+    p = add("iterate", "iterate", "the whole loop of a method, resumable (built-in demo with no config)",
+            "Per round: collect -> edit -> process -> train -> evaluate, under runs/<name>/round_<k>/, "
+            "and an equal-compute rationale-SFT baseline beside it. The config key `method` picks the "
+            "self-improvement method: " + ", ".join(METHOD_NAMES) + ". Rerunning resumes at the first "
+            "unfinished stage. With no --config: the built-in CPU demo (configs/demo.yaml): TriPosT on "
+            "multistep_arithmetic with scripted feedback and a tiny local model.")
+    p.set_defaults(default_config="configs/demo.yaml")
     p.add_argument("--rounds", type=int, help="number of rounds (config iterate.rounds)")
     p.add_argument("--name", help="run name (config name)")
     p.add_argument("--force-from", metavar="STAGE", help="redo this stage and everything after it, "
@@ -136,18 +143,21 @@ FLAG_KEYS = {"task": "task.name", "data_dir": "task.data_dir", "model": "model",
 
 
 def config_from_args(args):
-    from tripost.config import load_config
+    """The config a command runs with: --config (or the command's built-in default), the flags
+    that are shortcuts for config keys, then the trailing overrides."""
+    from tripost.config import load_config, resolve_path
 
-    overrides = [(key, getattr(args, flag)) for flag, key in FLAG_KEYS.items()
-                 if getattr(args, flag, None) is not None]
-    return load_config(getattr(args, "config", None), overrides + list(getattr(args, "overrides", [])))
+    flags = vars(args)
+    overrides = [(key, flags[flag]) for flag, key in FLAG_KEYS.items() if flags.get(flag) is not None]
+    path = flags.get("config") or flags.get("default_config")
+    return load_config(resolve_path(path) if path else None, overrides + list(args.overrides))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         module = importlib.import_module(f"tripost.{args.module}")
-        cfg = config_from_args(args) if hasattr(args, "overrides") else None
+        cfg = config_from_args(args) if "overrides" in vars(args) else None
         return module.main(args, cfg) or 0
     except TripostError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,58 +1,73 @@
-"""Let the model answer a task split: attempts JSONL for the edit stage (resumable).
+"""Let the models answer a task split: attempts JSONL for the next stage (resumable).
 
     tripost collect --model models/tiny --split train --out runs/demo/attempts.jsonl collect.batch_size=64
 
-Uses the rollout engine (tripost/rollout.py) with the `collect` generation settings, so a model
-already trained on TriPosT data also critiques and updates its own answers. Each finished question is
-appended to the output as a Trajectory (records.JsonlAppender, flushed after every batch); a rerun
-skips ids already in the file, so a killed job loses at most the batch in flight. The resolved config
-is written beside the output (<out>.config.yaml).
+Each question is one episode of the method (TriPosT: the learner answers and, once trained on
+TriPosT data, critiques and updates its own answer), driven in batches (tripost/engine.py) with
+the `collect` generation settings. Each finished question is appended to the output as a
+Trajectory, flushed after every batch; a rerun skips ids already in the file, so a killed job loses
+at most the batch in flight. The resolved config is written beside the output when it starts.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
-from tripost.config import Config, save_config
-from tripost.records import JsonlAppender, done_ids
+from tripost.config import Config, GenerationConfig, method_config, save_config
+from tripost.engine import ModelAnswerer
+from tripost.rollout import run_episodes, todo_examples
 
 
-def collect(cfg: Config, model_dir, split: str, out_path, provenance: dict | None = None,
-            task=None, progress: bool = True) -> dict:
-    """Generate attempts for every example of `split` not yet in `out_path`; return a summary.
-    `provenance` (e.g. {"round": 2}) is added to every record; `task` defaults to cfg.task's."""
-    from tripost.rollout import check_model_dir, load_model, rollout
-    from tripost.tasks import get_task
+def model_answerers(models: dict, gen: GenerationConfig, chat_template: bool) -> dict:
+    """A ModelAnswerer per named model directory."""
+    return {name: ModelAnswerer(name, path, gen, chat_template) for name, path in models.items()}
 
-    model_dir = check_model_dir(model_dir)
-    out_path = Path(out_path)
-    task = task or get_task(cfg.task)
+
+def rollout_stage(task, gen: GenerationConfig, method: str, method_cfg, chat_template: bool, models: dict,
+                  split: str, out_path: Path, stage: str, round: int = 0, progress: bool = True) -> dict:
+    """Run the method's rollout episode on every example of `split` not yet in `out_path`:
+    the loop collect and evaluate share. Returns counts."""
+    from tripost.methods import get_method
+
+    m = get_method(method)
     examples = task.load(split)
-    done = done_ids(out_path)
-    todo = [ex for ex in examples if ex.id not in done]
-    save_config(cfg, out_path.with_name(out_path.name + ".config.yaml"))
-    prov = dict(provenance or {}, stage="collect", model=str(model_dir), split=split)
-    counts: Counter = Counter()
+    todo = todo_examples(examples, {"kept": out_path})
+    counts = {}
     if todo:
-        model, tokenizer = load_model(model_dir)
-        with JsonlAppender(out_path) as out:
-            for finished in rollout(model, tokenizer, task, todo, cfg.collect, provenance=prov,
-                                    progress=progress):
-                for traj in finished:
-                    out.write(traj)
-                    counts[traj.outcome] += 1
-                    counts["stop:" + traj.provenance["stop"]] += 1
-                out.flush()
-    return {"path": str(out_path), "split": split, "examples": len(examples), "skipped": len(examples) - len(todo),
-            "generated": len(todo), "correct": counts["correct"], "incorrect": counts["incorrect"],
-            "stops": {k[5:]: v for k, v in sorted(counts.items()) if k.startswith("stop:")}}
+        answerers = model_answerers(models, gen, chat_template)
+        fmt = next(iter(answerers.values())).format
+
+        def episode(ex):
+            traj = yield from m.rollout(ex, task, method_cfg, stage, fmt)
+            traj.round = round
+            return traj
+
+        counts = run_episodes([(ex.id, episode(ex)) for ex in todo], answerers, {"kept": out_path},
+                              window=4 * gen.batch_size, desc=stage, progress=progress)
+    return {"examples": len(examples), "skipped": len(examples) - len(todo), "generated": len(todo),
+            "correct_this_run": counts.get("correct", 0),
+            "stops_this_run": {k[5:]: v for k, v in sorted(counts.items()) if k.startswith("stop:")}}
+
+
+def collect(task, gen: GenerationConfig, method: str, method_cfg, chat_template: bool, models: dict,
+            out_path, split: str = "train", round: int = 0, progress: bool = True) -> dict:
+    """Collect attempts of `models` ({name: model dir}) on `split` into out_path; return a summary."""
+    out_path = Path(out_path)
+    summary = rollout_stage(task, gen, method, method_cfg, chat_template, models, split, out_path, "collect",
+                            round, progress)
+    return {"path": str(out_path), "split": split, **summary}
 
 
 def main(args, cfg: Config) -> int:
-    summary = collect(cfg, cfg.model, args.split, args.out)
-    done = summary["generated"]
-    acc = f"{summary['correct'] / done:.1%}" if done else "n/a"
-    print(f"{summary['path']}: {done} new attempts ({summary['skipped']} already there), "
-          f"correct {acc}; stops {summary['stops']}")
+    from tripost.engine import check_model_dir
+    from tripost.methods import get_method
+    from tripost.tasks import get_task
+
+    out = Path(args.out)
+    models = {name: check_model_dir(cfg.model) for name in get_method(cfg.method).models(method_config(cfg))}
+    save_config(cfg, out.with_name(out.name + ".config.yaml"))
+    summary = collect(get_task(cfg.task), cfg.collect, cfg.method, method_config(cfg), cfg.chat_template, models,
+                      out, split=args.split)
+    print(f"{summary['path']}: {summary['generated']} new attempts ({summary['skipped']} already there); "
+          f"stops {summary['stops_this_run']}")
     return 0

@@ -79,8 +79,6 @@ class GenerationConfig:
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
-    # Test-time self-improvement: at most this many generate calls per question.
-    max_generate_calls: int = 3
     seed: int = 0
 
 
@@ -120,7 +118,6 @@ class EditConfig:
     improvement: str = "script:feedback_scripts/multistep_arithmetic.py"
     # Jinja templates for `llm`; null = prompts/<task>/.
     prompts_dir: str | None = None
-    max_improvements: int = 5
     script_timeout_s: float = 10.0
     script_memory_mb: int = 1024
     script_workers: int = 2
@@ -131,12 +128,10 @@ class EditConfig:
 
 @dataclass
 class ProcessConfig:
-    """Trajectories -> training examples."""
+    """Trajectories -> training examples (the method builds them; see tripost/process.py)."""
 
-    # Share of improvement examples after rebalancing (paper: 1.5 : 1 : 1 -> 0.43).
-    p: float = 0.43
+    # Examples longer than this many tokens (text + EOS) are dropped.
     max_tokens: int = 1024
-    include_gold: bool = True
     seed: int = 0
 
 
@@ -155,9 +150,6 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     max_grad_norm: float = 1.0
     max_length: int = 1024
-    # Weight on feedback and improvement tokens (first-attempt tokens get 1).
-    w: float = 1.5
-    mask_question: bool = True
     # Loss normaliser: "mask" = sum of trained-token mask (paper), "weight" = sum of weights.
     normalizer: str = "mask"
     # false (default, chosen by bench/train.py, see docs/training.md): one example per row,
@@ -165,7 +157,6 @@ class TrainConfig:
     # (null = max_length); a micro-batch is then micro_batch_size rows of several examples each.
     packing: bool = False
     pack_length: int | None = None
-    chat_template: bool = False
     bf16: str = "auto"  # auto | true | false
     save_every_steps: int | None = None
     # Complete step checkpoints kept in <out>/checkpoints (older ones are deleted).
@@ -177,8 +168,26 @@ class TrainConfig:
 
 
 @dataclass
+class TripostConfig:
+    """TriPosT's own settings (tripost/methods/tripost.py)."""
+
+    # Share of improvement examples after rebalancing (paper: 1.5 : 1 : 1 -> 0.43).
+    p: float = 0.43
+    # Loss weight on feedback and improvement tokens (first-attempt tokens get 1).
+    w: float = 1.5
+    # Improvement-expert calls per trajectory in the edit stage.
+    max_improvements: int = 5
+    # Add each train question's gold rationale, with "correct" feedback, to every round's data.
+    include_gold: bool = True
+    # Model calls per question: while collecting (a model trained on TriPosT data critiques and
+    # updates its own answers) and at test time (self-improvement).
+    collect_max_calls: int = 3
+    evaluate_max_calls: int = 3
+
+
+@dataclass
 class IterateConfig:
-    """The TriPosT loop."""
+    """The loop: rounds of collect, edit, process, train, evaluate (tripost/iterate.py)."""
 
     rounds: int = 3
     # Warm up the initial model on gold rationales ("ft rationale") before round 1.
@@ -198,8 +207,12 @@ class Config:
 
     name: str = "demo"
     runs_dir: str = "runs"
+    # The self-improvement method (tripost/methods/): tripost.
+    method: str = "tripost"
     # A Hugging Face model directory; null = build a tiny model (`init_model`) for the demo.
     model: str | None = None
+    # Render prompts and training examples with the tokenizer's chat template (instruct models).
+    chat_template: bool = False
     task: TaskConfig = field(default_factory=TaskConfig)
     init_model: InitModelConfig = field(default_factory=InitModelConfig)
     collect: GenerationConfig = field(default_factory=GenerationConfig)
@@ -208,6 +221,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: GenerationConfig = field(default_factory=GenerationConfig)
     iterate: IterateConfig = field(default_factory=IterateConfig)
+    tripost: TripostConfig = field(default_factory=TripostConfig)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -218,7 +232,27 @@ def _field_names(cls) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
+# Keys that moved (tripost 0.2: a method's settings live in the method's own section). Used for
+# the error a config with an old key gets, and to read the manifests of older run directories.
+MOVED = {
+    "process.p": "tripost.p",
+    "process.include_gold": "tripost.include_gold",
+    "train.w": "tripost.w",
+    "edit.max_improvements": "tripost.max_improvements",
+    "collect.max_generate_calls": "tripost.collect_max_calls",
+    "evaluate.max_generate_calls": "tripost.evaluate_max_calls",
+    "train.chat_template": "chat_template",
+    "train.mask_question": None,  # removed: the question is context, never a training target
+}
+
+
 def _unknown_key(key: str, cls, source: str) -> TripostError:
+    if key in MOVED:
+        new = MOVED[key]
+        if new is None:
+            return TripostError(f"{source}: config key '{key}' was removed (the question is never trained on)")
+        return TripostError(f"{source}: config key '{key}' is now '{new}' (a method's settings live in its "
+                            "own section); rename it")
     names = _field_names(cls)
     short = key.rsplit(".", 1)[-1]
     close = difflib.get_close_matches(short, names, n=1)
@@ -319,6 +353,39 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        lines: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in lines:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' is given twice (lines {lines[key]} and {key_node.start_mark.line + 1})",
+                    key_node.start_mark)
+            lines[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path) -> dict:
+    """A YAML mapping from a file, or one TripostError naming the file and line."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TripostError(f"{path}: not UTF-8 text (byte {e.start + 1})") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
+    except yaml.YAMLError as e:
+        mark = e.problem_mark if isinstance(e, yaml.MarkedYAMLError) else None
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = e.problem if isinstance(e, yaml.MarkedYAMLError) else str(e)
+        raise TripostError(f"{path}{line}: invalid YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise TripostError(f"{path}: a config file must be a mapping of sections")
+    return data
+
+
 def load_config(path: str | Path | None = None, overrides=(), cls=Config):
     """Defaults <- YAML file <- overrides (`"key=value"` strings, or `(key, value)` pairs taken as
     they are), type-checked, then validated."""
@@ -329,14 +396,7 @@ def load_config(path: str | Path | None = None, overrides=(), cls=Config):
         source = str(path)
         if not path.is_file():
             raise TripostError(f"{path}: config file not found")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            line = f":{mark.line + 1}" if mark is not None else ""
-            raise TripostError(f"{path}{line}: invalid YAML: {getattr(e, 'problem', e)}") from None
-        if not isinstance(data, dict):
-            raise TripostError(f"{path}: a config file must be a mapping of sections")
+        data = read_yaml(path)
     for item in overrides:
         key, value = item if isinstance(item, tuple) else parse_override(item)
         _set_path(data, key, value, cls, "command line")
@@ -346,30 +406,66 @@ def load_config(path: str | Path | None = None, overrides=(), cls=Config):
     return cfg
 
 
+METHOD_NAMES = ("tripost",)
+
+
+def method_config(cfg: Config):
+    """The config section of the method `cfg.method` names (its section has the method's name)."""
+    if cfg.method == "tripost":
+        return cfg.tripost
+    raise TripostError(f"config: unknown method {cfg.method!r} (choose from {', '.join(METHOD_NAMES)})")
+
+
 def validate(cfg: Config) -> None:
-    """Cross-field checks; raises TripostError naming the key."""
+    """Value ranges and cross-field checks; raises TripostError naming the key."""
 
     def need(ok: bool, key: str, why: str):
         if not ok:
             raise TripostError(f"config: '{key}' {why}")
 
-    need(0.0 <= cfg.process.p < 1.0, "process.p", "must be in [0, 1)")
-    need(cfg.train.normalizer in ("mask", "weight"), "train.normalizer", "must be 'mask' or 'weight'")
-    need(cfg.train.lr_schedule in ("cosine", "linear", "constant"), "train.lr_schedule",
+    need(cfg.method in METHOD_NAMES, "method", f"must be one of {', '.join(METHOD_NAMES)}, got {cfg.method!r}")
+    t = cfg.tripost
+    need(0.0 <= t.p < 1.0, "tripost.p", "must be in [0, 1)")
+    need(t.w > 0, "tripost.w", "must be > 0")
+    need(t.max_improvements >= 0, "tripost.max_improvements", "must be >= 0")
+    need(t.collect_max_calls >= 1, "tripost.collect_max_calls", "must be >= 1")
+    need(t.evaluate_max_calls >= 1, "tripost.evaluate_max_calls", "must be >= 1")
+    tc = cfg.train
+    need(tc.normalizer in ("mask", "weight"), "train.normalizer", "must be 'mask' or 'weight'")
+    need(tc.lr_schedule in ("cosine", "linear", "constant"), "train.lr_schedule",
          "must be cosine, linear or constant")
-    need(cfg.train.bf16 in ("auto", "true", "false"), "train.bf16", "must be auto, true or false")
-    need(cfg.train.w > 0, "train.w", "must be > 0")
-    need(cfg.train.micro_batch_size >= 1, "train.micro_batch_size", "must be >= 1")
+    need(tc.bf16 in ("auto", "true", "false"), "train.bf16", "must be auto, true or false")
+    for key in ("micro_batch_size", "gradient_accumulation_steps", "max_length", "nproc", "log_every_steps",
+                "keep_checkpoints"):
+        need(getattr(tc, key) >= 1, f"train.{key}", "must be >= 1")
+    need(tc.epochs > 0, "train.epochs", "must be > 0")
+    need(tc.learning_rate > 0, "train.learning_rate", "must be > 0")
+    need(0.0 <= tc.warmup_ratio < 1.0, "train.warmup_ratio", "must be in [0, 1)")
+    need(tc.max_steps is None or tc.max_steps >= 1, "train.max_steps", "must be >= 1 (or null)")
     need(0.0 < cfg.task.test_fraction < 1.0, "task.test_fraction", "must be in (0, 1)")
+    need(cfg.process.max_tokens >= 1, "process.max_tokens", "must be >= 1")
     for section in ("collect", "evaluate"):
         gen = getattr(cfg, section)
         need(gen.batch_size >= 1, f"{section}.batch_size", "must be >= 1")
-        need(gen.max_generate_calls >= 1, f"{section}.max_generate_calls", "must be >= 1")
+        need(gen.max_new_tokens >= 1, f"{section}.max_new_tokens", "must be >= 1")
+        need(gen.temperature > 0, f"{section}.temperature", "must be > 0")
+        need(0.0 < gen.top_p <= 1.0, f"{section}.top_p", "must be in (0, 1]")
+    e = cfg.edit
     for key in ("feedback", "improvement"):
-        spec = getattr(cfg.edit, key)
+        spec = getattr(e, key)
         need(spec == "llm" or spec.startswith("script:"), f"edit.{key}",
              f"must be 'llm' or 'script:PATH.py', got {spec!r}")
+    need(e.batch_size >= 1, "edit.batch_size", "must be >= 1")
+    need(e.script_workers >= 1, "edit.script_workers", "must be >= 1")
+    need(e.script_timeout_s > 0, "edit.script_timeout_s", "must be > 0")
+    need(e.script_memory_mb >= 0, "edit.script_memory_mb", "must be >= 0 (0 = no limit)")
     need(cfg.iterate.rounds >= 0, "iterate.rounds", "must be >= 0")
+    need(cfg.iterate.warmup_epochs > 0, "iterate.warmup_epochs", "must be > 0")
+
+
+def with_changes(section, **changes):
+    """A copy of a config section with some fields replaced: with_changes(cfg.train, epochs=3.0)."""
+    return dataclasses.replace(section, **changes)
 
 
 def save_config(cfg, path: str | Path) -> None:

@@ -1,78 +1,68 @@
-"""Test-time self-improvement: accuracy and the paper's SI metrics.
+"""Evaluation: the method's test-time episode on the test split, accuracy and the method's metrics.
 
-    tripost evaluate --model runs/demo/round_1/model --out runs/demo/round_1/eval
+    tripost evaluate --model runs/demo/round_1/train/learner/model --out runs/demo/round_1/evaluate
 
-The model answers each test question, critiques its answer and updates it until it says the final
-response is correct, stops making progress, repeats itself, or has used evaluate.max_generate_calls
-calls (tripost/rollout.py). Writes, in the output directory:
+For TriPosT the model answers each test question, critiques its answer and updates it until it says
+the final response is correct, stops making progress, repeats itself, or has used
+tripost.evaluate_max_calls calls (tripost/methods/tripost.py). Writes, in the output directory:
 
     predictions.jsonl   one Trajectory per question (resumable: a rerun skips finished ids)
     metrics.json        the metrics below
-    config.yaml         the resolved config
 
-Metrics (`compute_metrics`, a plain function over trajectories):
+Metrics (`compute_metrics`, a plain function over trajectories), for all questions and per group
+(seen, unseen, each subtask):
 
-    accuracy            final answer correct (total, seen, unseen, per subtask)
-    first_accuracy      first attempt correct
-    si_frequency        share of questions where the model made at least one update
-    si_contribution     share of questions whose wrong first attempt ended correct after updates
-    si_harm             share of questions whose right first attempt ended wrong after updates
-
-so accuracy = first_accuracy + si_contribution - si_harm.
+    n, accuracy         final answer correct
+    first_accuracy      first answer correct
+    + the method's own  (TriPosT: si_frequency, si_contribution, si_harm, with
+                        accuracy = first_accuracy + si_contribution - si_harm)
+    stops               why the episodes ended, counted
 """
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
-from typing import Callable
 
-from tripost.config import Config, save_config
-from tripost.records import JsonlAppender, Trajectory, done_ids, read_trajectories
+from tripost import io
+from tripost.config import Config, GenerationConfig, method_config
+from tripost.records import Trajectory, read_trajectories
 
 PREDICTIONS = "predictions.jsonl"
 
 
-def _share(k: int, n: int) -> float | None:
-    return k / n if n else None
-
-
-def _group(trajs: list[Trajectory], first_ok: dict) -> dict:
+def _group(trajs: list[Trajectory], method_metrics) -> dict:
     n = len(trajs)
-    final = sum(t.outcome == "correct" for t in trajs)
-    first = sum(first_ok[t.id] for t in trajs)
-    updated = sum(len(t.turns) > 1 for t in trajs)
-    fixed = sum(len(t.turns) > 1 and not first_ok[t.id] and t.outcome == "correct" for t in trajs)
-    harmed = sum(len(t.turns) > 1 and first_ok[t.id] and t.outcome != "correct" for t in trajs)
-    return {"n": n, "accuracy": _share(final, n), "first_accuracy": _share(first, n),
-            "si_frequency": _share(updated, n), "si_contribution": _share(fixed, n), "si_harm": _share(harmed, n)}
+
+    def share(k):
+        return k / n if n else None
+
+    first_ok = sum(bool(t.messages) and bool(t.messages[0].correct) for t in trajs)
+    return {"n": n, "accuracy": share(sum(t.correct for t in trajs)), "first_accuracy": share(first_ok),
+            **method_metrics(trajs)}
 
 
-def compute_metrics(trajs: list[Trajectory], is_correct: Callable[[Trajectory, str], bool]) -> dict:
-    """Metrics over finished trajectories. `is_correct(traj, attempt)` judges an attempt (the first
-    attempt needs judging; the final one is `traj.outcome`)."""
-    first_ok = {t.id: bool(t.turns) and is_correct(t, t.turns[0].attempt) for t in trajs}
-    metrics = _group(trajs, first_ok)
-    metrics["seen"] = _group([t for t in trajs if t.seen], first_ok)
-    metrics["unseen"] = _group([t for t in trajs if not t.seen], first_ok)
-    metrics["subtasks"] = {s: _group([t for t in trajs if t.subtask == s], first_ok)
+def compute_metrics(trajs: list[Trajectory], method_metrics) -> dict:
+    """Metrics over finished trajectories; `method_metrics(trajs) -> dict` adds the method's own."""
+    metrics = _group(trajs, method_metrics)
+    metrics["seen"] = _group([t for t in trajs if t.seen], method_metrics)
+    metrics["unseen"] = _group([t for t in trajs if not t.seen], method_metrics)
+    metrics["subtasks"] = {s: _group([t for t in trajs if t.subtask == s], method_metrics)
                            for s in sorted({t.subtask for t in trajs})}
-    metrics["stops"] = dict(sorted(Counter(t.provenance.get("stop", "?") for t in trajs).items()))
+    metrics["stops"] = dict(sorted(Counter(t.stop for t in trajs).items()))
     return metrics
 
 
 def format_table(metrics: dict) -> str:
     """Plain-text table: one row per group (total, seen, unseen, subtasks), aligned columns."""
-    cols = ["n", "accuracy", "first_accuracy", "si_frequency", "si_contribution", "si_harm"]
-    heads = ["group", "n", "acc", "first acc", "SI freq", "SI contrib", "SI harm"]
+    cols = [k for k, v in metrics.items() if k != "n" and isinstance(v, float)]
+    heads = ["group", "n"] + cols
     rows = [("total", metrics), ("seen", metrics["seen"]), ("unseen", metrics["unseen"])]
     rows += [(f"subtask {s or '-'}", m) for s, m in metrics["subtasks"].items()]
     cells = [heads]
     for name, m in rows:
-        if not m["n"]:
-            continue
-        cells.append([name] + [str(m["n"])] + [f"{m[c]:.1%}" for c in cols[1:]])
+        if m["n"]:
+            cells.append([name, str(m["n"])] + [f"{m[c]:.1%}" for c in cols])
     widths = [max(len(r[i]) for r in cells) for i in range(len(heads))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
              for r in cells]
@@ -81,38 +71,35 @@ def format_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def evaluate(cfg: Config, model_dir, split: str, out_dir, task=None, progress: bool = True,
-             provenance: dict | None = None) -> dict:
+def evaluate(task, gen: GenerationConfig, method: str, method_cfg, chat_template: bool, models: dict, out_dir,
+             split: str = "test", progress: bool = True) -> dict:
     """Roll out on `split` (resuming predictions.jsonl), write metrics.json, return the metrics."""
-    from tripost.rollout import check_model_dir, load_model, rollout
-    from tripost.tasks import get_task
+    from tripost.collect import rollout_stage
+    from tripost.methods import get_method
 
-    model_dir = check_model_dir(model_dir)
     out_dir = Path(out_dir)
-    task = task or get_task(cfg.task)
-    examples = task.load(split)
     pred_path = out_dir / PREDICTIONS
-    done = done_ids(pred_path)
-    todo = [ex for ex in examples if ex.id not in done]
-    save_config(cfg, out_dir / "config.yaml")
-    if todo:
-        model, tokenizer = load_model(model_dir)
-        prov = dict(provenance or {}, stage="evaluate", model=str(model_dir), split=split)
-        with JsonlAppender(pred_path) as out:
-            for finished in rollout(model, tokenizer, task, todo, cfg.evaluate, provenance=prov, progress=progress):
-                for traj in finished:
-                    out.write(traj)
-                out.flush()
-    by_id = {ex.id: ex for ex in examples}
-    trajs = [t for t in read_trajectories(pred_path) if t.id in by_id] if pred_path.exists() else []
-    metrics = compute_metrics(trajs, lambda t, attempt: task.is_correct(by_id[t.id], attempt))
-    metrics.update(model=str(model_dir), split=split, task=cfg.task.name)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    rollout_stage(task, gen, method, method_cfg, chat_template, models, split, pred_path, "evaluate",
+                  progress=progress)
+    ids = {ex.id for ex in task.load(split)}
+    trajs = [t for t in read_trajectories(pred_path) if t.id in ids] if pred_path.exists() else []
+    metrics = compute_metrics(trajs, get_method(method).group_metrics)
+    metrics.update(split=split, task=task.name, models={k: str(v) for k, v in models.items()})
+    io.write_json(out_dir / "metrics.json", metrics)
     return metrics
 
 
 def main(args, cfg: Config) -> int:
-    metrics = evaluate(cfg, cfg.model, args.split, args.out)
+    from tripost.config import save_config
+    from tripost.engine import check_model_dir
+    from tripost.methods import get_method
+    from tripost.tasks import get_task
+
+    mc = method_config(cfg)
+    models = {name: check_model_dir(cfg.model) for name in get_method(cfg.method).models(mc)}
+    save_config(cfg, Path(args.out) / "config.yaml")
+    metrics = evaluate(get_task(cfg.task), cfg.evaluate, cfg.method, mc, cfg.chat_template, models, args.out,
+                       split=args.split)
     print(format_table(metrics))
     print(f"wrote {Path(args.out) / 'metrics.json'}")
     return 0

@@ -8,7 +8,7 @@ Two kinds, chosen by a spec string in the config (`edit.feedback`, `edit.improve
 Every expert has the same small interface, and works on batches so that many requests share one
 round trip (a worker pipe, or a pool of concurrent API calls):
 
-    expert = make_expert("script:my_feedback.py", cfg, task, out_dir)
+    expert = make_expert("script:my_feedback.py", cfg.edit, task, out_dir)
     replies = expert.feedback_many([(example, attempt), ...])          # -> [Reply]
     replies = expert.improve_many([(example, attempt, feedback), ...])  # -> [Reply] (full new attempts)
     expert.close()
@@ -17,7 +17,7 @@ A `Reply` holds either the text or an error: a short drop reason such as "script
 `edit` writes into the dropped trajectory. An expert never raises because of one bad request.
 
 Feedback scripts (see docs/feedback_scripts.md) are user code, so they run in separate worker
-processes (`cfg.edit.script_workers` of them, long-lived, started with subprocess + pipes). Each
+processes (`edit.script_workers` of them, long-lived, started with subprocess + pipes). Each
 worker caps its address space (`edit.script_memory_mb`), and each call gets `edit.script_timeout_s`
 seconds. What can go wrong, and the drop reason it becomes:
 
@@ -59,12 +59,18 @@ from tripost.errors import TripostError
 
 @dataclass
 class Reply:
-    """One expert answer: `text`, or `error` (a drop reason). `detail` says more about an error
-    (an exception message, file:line) and ends up in the dropped record's provenance."""
+    """One answer to a request (tripost/engine.py): `text`, or `error` (a drop reason). `detail`
+    says more about an error (an exception message, file:line) and ends up in the dropped record.
+    `transient`: the error is not a verdict on the input (the API was unreachable); the item stays
+    pending and a rerun asks again. `truncated`: a model ran out of max_new_tokens. `author`: who
+    wrote the text ("model:learner", "script:x.py", "llm:<model>"), set by whoever answered."""
 
     text: str | None = None
     error: str | None = None
     detail: str | None = None
+    transient: bool = False
+    truncated: bool = False
+    author: str = ""
 
 
 class Expert:
@@ -112,19 +118,19 @@ def file_sha256(path: str | Path) -> str:
 # make_expert
 
 
-def make_expert(spec: str, cfg, task=None, out_dir=None, role: str = "feedback") -> Expert:
+def make_expert(spec: str, edit_cfg, task=None, out_dir=None, role: str = "feedback") -> Expert:
     """The expert a spec names. `role` is "feedback", "improvement" or "both"; a script used for
-    improvement must define `improve`. `cfg` is the whole Config."""
+    improvement must define `improve`. `edit_cfg` is the `edit` config section."""
     key = "edit.improvement" if role == "improvement" else "edit.feedback"
     if spec == "llm":
         from tripost.llm import LlmExpert  # imported only when used: it pulls in the API client
 
-        return LlmExpert(cfg, task, out_dir)
+        return LlmExpert(edit_cfg, task, out_dir)
     if spec.startswith("script:"):
         raw = spec[len("script:"):].strip()
         if not raw:
             raise TripostError(f"config: '{key}' names no script file (use script:PATH.py)")
-        expert = ScriptExpert(resolve_path(raw), cfg.edit)
+        expert = ScriptExpert(resolve_path(raw), edit_cfg)
         if role in ("improvement", "both") and not expert.has_improve:
             expert.close()
             raise TripostError(f"{expert.path}: feedback script has no `improve(example, attempt, feedback)` "
@@ -240,7 +246,7 @@ class _Worker:
 class ScriptExpert(Expert):
     """Feedback (and optionally improvement) from a user's Python file, run in worker processes.
 
-    `path` is used as given (make_expert resolves it); `edit_cfg` is cfg.edit.
+    `path` is used as given (make_expert resolves it); `edit_cfg` is the `edit` config section.
     """
 
     # At most this many requests per round trip: big enough to amortise the pipe overhead,

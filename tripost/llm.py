@@ -1,6 +1,6 @@
 """LLM feedback, improvement and rationales through the Messages API (`edit.feedback: llm`).
 
-    expert = LlmExpert(cfg, task, out_dir)            # name "llm:<model>"
+    expert = LlmExpert(cfg.edit, task, out_dir)       # name "llm:<model>"
     expert.feedback_many([(example, attempt), ...])   # -> [Reply(text=canonical feedback | None, error)]
     expert.improve_many([(example, attempt, feedback), ...])   # -> [Reply(text=full improved attempt)]
     expert.rationale_many([example, ...])             # -> [Reply(text=step-by-step rationale)]
@@ -33,7 +33,7 @@ from pathlib import Path
 
 from tripost import steps
 from tripost.api import ApiClient, ApiRequest
-from tripost.config import Config
+from tripost.config import EditConfig
 from tripost.experts import Expert, Reply
 from tripost.tasks.base import Example, Task
 from tripost.templates import PromptTemplates, prompts_dir_for
@@ -181,22 +181,22 @@ def improvement_from_tool(data: dict | None, attempt: str, wrong_label: str) -> 
 class LlmExpert(Expert):
     """Feedback and improvement by an LLM behind the Messages API (the Expert interface)."""
 
-    def __init__(self, cfg: Config, task: Task, out_dir: str | Path):
-        self.cfg = cfg
+    def __init__(self, edit_cfg: EditConfig, task: Task, out_dir: str | Path):
+        self.api_cfg = edit_cfg.api
         self.task = task
-        self.name = f"llm:{cfg.edit.api.model}"
-        self.templates = PromptTemplates(prompts_dir_for(cfg), cfg.task.name)
+        self.name = f"llm:{edit_cfg.api.model}"
+        self.templates = PromptTemplates(prompts_dir_for(edit_cfg, task.name), task.name)
         # Load what exists now, so provenance names every template and a syntax error shows at once.
         for name in ("feedback", "improvement", "rationale"):
             if self.templates.path(name).is_file():
                 self.templates.load(name)
-        self.client = ApiClient(cfg.edit.api, Path(out_dir) if out_dir is not None else Path("."))
+        self.client = ApiClient(edit_cfg.api, Path(out_dir) if out_dir is not None else Path("."))
 
     @property
     def provenance(self) -> dict:
         return {"prompts_dir": str(self.templates.directory),
                 "templates": dict(sorted(self.templates.hashes.items())),
-                "temperature": self.cfg.edit.api.temperature, "max_tokens": self.cfg.edit.api.max_tokens}
+                "temperature": self.api_cfg.temperature, "max_tokens": self.api_cfg.max_tokens}
 
     def _ask(self, template: str, tool: dict, items: list[dict], desc: str) -> list[dict | None | Reply]:
         """One API request per item; returns the tool input dict (None if the reply has no such

@@ -23,36 +23,35 @@ from __future__ import annotations
 from pathlib import Path
 
 from tripost import steps
-from tripost.config import Config, save_config
+from tripost.config import Config, InitModelConfig
 from tripost.errors import TripostError
+from tripost.methods.tripost import FEEDBACK_PREFIX, UPDATE_PREFIX, segments
+from tripost.formats import prompt_format
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 
 
-def tokenizer_corpus(cfg: Config, task=None) -> list[str]:
-    """The texts the tokenizer is trained on: what the model will read and write for this task.
-    `task` defaults to the one cfg.task names."""
-    from tripost.tasks import get_task
-
-    task = task or get_task(cfg.task)
+def tokenizer_corpus(task) -> list[str]:
+    """The texts the tokenizer is trained on: what the model will read and write for this task."""
     examples = task.load("train")
-    texts = [steps.QUESTION_PREFIX, steps.ANSWER_PREFIX, steps.FEEDBACK_PREFIX, steps.UPDATE_PREFIX]
+    plain = prompt_format(False)
+    texts = [steps.QUESTION_PREFIX, steps.ANSWER_PREFIX, FEEDBACK_PREFIX, UPDATE_PREFIX]
     for i, ex in enumerate(examples):
         rationale = task.gold_rationale(ex) if task.has_gold_rationale else None
         if rationale is None:
             # No scripted rationale: at least the step and final-answer format.
             rationale = f"(1) {ex.question.splitlines()[0][:80]}\n{steps.final_line(ex.answer)}"
-        texts.append(steps.render_transcript(ex.question, rationale)[0])
+        texts.append("".join(seg.text for seg in segments(plain, ex.question, rationale, None, None, 1.0)))
         # A few feedback sentences in the shared grammar, built from this rationale's own steps,
         # so the tokenizer learns the phrases the model will write as feedback.
         if i < 300:
             parsed = steps.parse_steps(rationale)
             n = sum(1 for s in parsed if s.label.isdigit())
-            texts.append(steps.FEEDBACK_PREFIX + steps.feedback_correct(n))
+            texts.append(FEEDBACK_PREFIX + steps.feedback_correct(n))
             for k, step in enumerate(parsed[:3]):
                 part = step.text[:60]
                 wrong = steps.feedback_wrong(k, step.label, part, f"{part} is not equal to {ex.answer}")
-                texts.append(steps.FEEDBACK_PREFIX + wrong + steps.UPDATE_PREFIX)
+                texts.append(FEEDBACK_PREFIX + wrong + UPDATE_PREFIX)
     return texts
 
 
@@ -87,11 +86,10 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     )
 
 
-def build_model(cfg: Config, tokenizer):
+def build_model(m: InitModelConfig, tokenizer):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    m = cfg.init_model
     if m.hidden_size % m.num_attention_heads or m.num_attention_heads % m.num_key_value_heads:
         raise TripostError("config: 'init_model.hidden_size' must be divisible by num_attention_heads, "
                            "and num_attention_heads by num_key_value_heads")
@@ -110,16 +108,22 @@ def build_model(cfg: Config, tokenizer):
     return model
 
 
-def init_model(cfg: Config, out_dir, task=None) -> Path:
-    """Write tokenizer + tiny Llama model to `out_dir`; return the directory. `task` (a Task)
-    defaults to the one cfg.task names."""
+def init_model(m: InitModelConfig, task, out_dir) -> Path:
+    """Write a tokenizer trained on `task`'s text and a tiny Llama model of the `init_model`
+    settings `m` to `out_dir`; return the directory."""
+    import yaml
+
+    from tripost import io
+    from tripost.config import to_dict
+
     out = Path(out_dir)
-    tokenizer = train_tokenizer(tokenizer_corpus(cfg, task), cfg.init_model.vocab_size)
-    model = build_model(cfg, tokenizer)
+    tokenizer = train_tokenizer(tokenizer_corpus(task), m.vocab_size)
+    model = build_model(m, tokenizer)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(out)
     model.save_pretrained(out)
-    save_config(cfg, out / "tripost_config.yaml")
+    io.write_text(out / "tripost_config.yaml",
+                  yaml.safe_dump({"task": to_dict(task.cfg), "init_model": to_dict(m)}, sort_keys=False))
     return out
 
 
@@ -128,7 +132,9 @@ def main(args, cfg: Config) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    out = init_model(cfg, args.out)
+    from tripost.tasks import get_task
+
+    out = init_model(cfg.init_model, get_task(cfg.task), args.out)
     model = AutoModelForCausalLM.from_pretrained(out)
     m = cfg.init_model
     n_params = sum(p.numel() for p in model.parameters())

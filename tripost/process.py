@@ -1,239 +1,215 @@
-"""Trajectories -> weighted training examples (`examples.jsonl`) and `stats.json`.
+"""Trajectories -> weighted training examples, one file per model that trains (`<model>.jsonl`).
 
     tripost process --trajectories edit/trajectories.jsonl --tokenizer models/tiny --out process/
-    tripost process --gold-only --tokenizer models/tiny --out warmup/      # "ft rationale" data
+    tripost process --rationales --tokenizer models/tiny --out warmup/     # rationale SFT ("ft rationale")
 
-What is built (TriPosT, Yu et al. 2024, section 3.2), one `records.TrainingExample` each:
+The method builds the examples and puts a weight on every segment (tripost/methods/); this stage
+does what every method needs around that, in order, with the counts of each kind after each step in
+stats.json:
 
-  improvement  for every turn i that has feedback and a next turn:
-               Q, attempt_i, "Feedback:" feedback_i, "Updated Answer:" attempt_{i+1}
-  terminal     when the last turn's feedback says the final response is correct:
-               Q, final attempt, "Feedback:" that "correct" feedback
-  gold         (process.include_gold) for every train question with a gold rationale - scripted,
-               or written by the LLM expert for tasks without a script (see gold_examples):
-               Q, gold rationale, "Feedback:" steps.feedback_correct(n)  - a terminal-style example
-               that teaches the model to recognise a correct answer.
+  1. build: method.examples(kept trajectories, gold rationales, ...) -> examples, each naming its model;
+  2. exact duplicates (same model, same text) are removed, the first one kept;
+  3. examples longer than process.max_tokens tokens (as the trainer encodes them) are dropped;
+  4. method.select(model, examples, ...) per model: e.g. TriPosT's rebalancing to a share p.
 
-`gold_only=True` (`--gold-only`) writes only (Q, gold rationale) pairs with NO feedback: the
-paper's "ft rationale" warm-up trains the model to answer, not yet to critique.
+Rationale SFT (`rationale_sft`, the warm-up and the equal-compute baseline) writes one example per
+train question with a gold rationale: the question, then the rationale (weight 1).
 
-Then, in order (each step's counts by kind go into stats.json):
-  1. exact duplicates (same text) are removed, the first one kept;
-  2. examples longer than process.max_tokens tokens (text + EOS, with the tokenizer) are dropped;
-  3. rebalancing: a share process.p of the examples are improvement examples (paper: 1.5:1:1
-     improvement:terminal:gold -> p = 0.43). The side in excess is subsampled, seeded by
-     process.seed; nothing is ever duplicated. If the share cannot be reached (no improvement
-     examples, or no others), everything is kept and stats.json + the printed summary say so.
+Gold rationales (`gold_rationales`) come from the task's script when it has one; for tasks without
+(date_understanding, logical_deduction, jsonl) an LLM writes them from prompts/<task>/rationale.j2
+when `experts` (the edit section) uses one, and only those reaching the gold answer are kept. The
+LLM replies are cached under the output directory, so a rerun pays for nothing twice.
 """
 
 from __future__ import annotations
 
-import json
-import random
 from collections import Counter
 from pathlib import Path
 
-from tripost import records, steps
-from tripost.config import Config, save_config
+from tripost import io
+from tripost.config import EditConfig, ProcessConfig
 from tripost.errors import TripostError
-from tripost.records import TrainingExample, content_id
+from tripost.formats import prompt_format
+from tripost.records import Example, Segment, TrainingExample, examples_file, read_trajectories, training_example
 
-KINDS = ("improvement", "terminal", "gold")
-
-
-def _example(kind: str, source_id: str, task: str, subtask: str, question: str, attempt: str,
-             feedback: str | None = None, update: str | None = None) -> TrainingExample:
-    text, spans = steps.render_transcript(question, attempt, feedback, update)
-    return TrainingExample(id=content_id(text), kind=kind, text=text, spans=spans, source_id=source_id,
-                           task=task, subtask=subtask)
+RATIONALE_KIND = "rationale"
 
 
-def trajectory_examples(traj: records.Trajectory) -> list[TrainingExample]:
-    """Improvement examples for each (turn, next turn) pair, and a terminal example when the last
-    feedback says "correct"."""
-    out = []
-    turns = traj.turns
-    for cur, nxt in zip(turns, turns[1:]):
-        if cur.feedback is None:  # an update with no critique to answer cannot be rendered
-            continue
-        out.append(_example("improvement", traj.id, traj.task, traj.subtask, traj.question,
-                            cur.attempt, cur.feedback, nxt.attempt))
-    if turns and steps.says_correct(turns[-1].feedback):
-        out.append(_example("terminal", traj.id, traj.task, traj.subtask, traj.question,
-                            turns[-1].attempt, turns[-1].feedback))
-    return out
+def llm_writes_rationales(task, experts: EditConfig | None) -> bool:
+    """Whether gold rationales come from an LLM (the task has no scripted ones and an LLM expert
+    is configured)."""
+    return not task.has_gold_rationale and experts is not None and "llm" in (experts.feedback, experts.improvement)
 
 
-def gold_examples(cfg: Config, with_feedback: bool, out_dir=None,
-                  drops: dict | None = None) -> list[TrainingExample]:
-    """One example per train-split question with a gold rationale: the task's scripted one, or,
-    for tasks without a script (date_understanding, logical_deduction, jsonl) when the expert is
-    an LLM (edit.feedback=llm), one written by the LLM from prompts/<task>/rationale.j2 and kept
-    only when it is well formed and reaches the gold answer (the paper's ft-rationale data).
-    LLM replies are cached under out_dir, so a rerun pays for nothing twice."""
-    from tripost.tasks import get_task
-
-    task = get_task(cfg.task)
+def gold_rationales(task, experts: EditConfig | None, cache_dir: Path, drops: Counter) -> list[tuple[Example, str]]:
+    """(example, rationale) for every train question that has a gold rationale (see the module
+    docstring); questions without one are counted in `drops`."""
     train = task.load("train")
     if task.has_gold_rationale:
-        rationales = [task.gold_rationale(ex) for ex in train]
-    elif "llm" in (cfg.edit.feedback, cfg.edit.improvement):
-        from tripost.llm import LlmExpert
-
-        expert = LlmExpert(cfg, task, out_dir if out_dir is not None else ".")
-        try:
-            replies = expert.rationale_many(train)
-        finally:
-            expert.close()
-        rationales = [r.text for r in replies]
-        for r in replies:
-            if r.error and drops is not None:
-                drops[f"gold_{r.error}"] = drops.get(f"gold_{r.error}", 0) + 1
-    else:
+        return [(ex, r) for ex in train if (r := task.gold_rationale(ex)) is not None]
+    if not llm_writes_rationales(task, experts):
         return []
+    from tripost.llm import LlmExpert
+
+    expert = LlmExpert(experts, task, cache_dir)
+    try:
+        replies = expert.rationale_many(train)
+    finally:
+        expert.close()
     out = []
-    for ex, rationale in zip(train, rationales):
-        if rationale is None:
-            continue
-        feedback = None
-        if with_feedback:
-            n_numbered = sum(1 for s in steps.parse_steps(rationale) if s.label.isdigit())
-            feedback = steps.feedback_correct(n_numbered)
-        out.append(_example("gold", ex.id, ex.task, ex.subtask, ex.question, rationale, feedback))
+    for ex, reply in zip(train, replies):
+        if reply.text is None:
+            drops[f"gold_{reply.error}"] += 1
+        else:
+            out.append((ex, reply.text))
     return out
 
 
-def _counts(examples) -> dict:
-    c = Counter(e.kind for e in examples)
-    return {k: c.get(k, 0) for k in KINDS} | {"total": len(examples)}
-
-
-def rebalance(examples: list[TrainingExample], p: float, seed: int) -> tuple[list[TrainingExample], dict]:
-    """Subsample the side in excess so that improvement examples are a share `p` (to within one
-    example). Never duplicates. Returns (kept examples in their original order, report)."""
-    imp = [i for i, e in enumerate(examples) if e.kind == "improvement"]
-    other = [i for i, e in enumerate(examples) if e.kind != "improvement"]
-    n_imp, n_other = len(imp), len(other)
-    report = {"target_p": p, "before_p": n_imp / len(examples) if examples else None}
-    rng = random.Random(seed)
-    if not examples:
-        report.update(reached=False, action="no examples; nothing to rebalance")
-        keep = []
-    elif p > 0 and n_imp == 0:
-        report.update(reached=False, action=f"shortfall: no improvement examples, cannot reach p={p}; "
-                                            f"kept all {n_other} other examples")
-        keep = other
-    elif n_other == 0:
-        report.update(reached=False, action=f"shortfall: only improvement examples, cannot reach p={p}; "
-                                            f"kept all {n_imp}")
-        keep = imp
-    elif n_imp / (n_imp + n_other) > p:
-        target = round(p * n_other / (1 - p))  # improvement examples to keep beside all others
-        keep = other + sorted(rng.sample(imp, target))
-        report.update(reached=True, action=f"subsampled improvement examples {n_imp} -> {target}")
-    else:
-        target = round(n_imp * (1 - p) / p)  # other examples to keep beside all improvements
-        keep = imp + sorted(rng.sample(other, target))
-        report.update(reached=True, action=f"subsampled terminal+gold examples {n_other} -> {target}")
-    kept = [examples[i] for i in sorted(keep)]
-    report["after_p"] = (sum(e.kind == "improvement" for e in kept) / len(kept)) if kept else None
-    return kept, report
-
-
-def _token_lengths(texts: list[str], tokenizer_dir) -> list[int]:
+def load_tokenizer(tokenizer_dir):
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        return AutoTokenizer.from_pretrained(str(tokenizer_dir))
     except (OSError, ValueError) as e:
         raise TripostError(f"{tokenizer_dir}: cannot load a tokenizer ({e})") from None
-    ids = tok(texts, add_special_tokens=True)["input_ids"] if texts else []
-    return [len(x) + 1 for x in ids]  # + EOS, which training appends
 
 
-def process(cfg: Config, trajectory_paths, tokenizer_dir, out_dir, gold_only: bool = False) -> dict:
-    """Build, dedupe, length-filter and rebalance training examples; write examples.jsonl and
-    stats.json under out_dir and return the stats."""
-    out_dir = Path(out_dir)
-    pc = cfg.process
-    drops: dict[str, int] = {}
-    counts: dict[str, dict] = {}
+def _counts(examples: list[TrainingExample]) -> dict:
+    c = Counter(e.kind for e in examples)
+    return dict(sorted(c.items())) | {"total": len(examples)}
 
-    examples: list[TrainingExample] = []
-    n_traj = 0
-    if gold_only:
-        examples = gold_examples(cfg, with_feedback=False, out_dir=out_dir, drops=drops)
-        if not examples:
-            raise TripostError(f"config: task '{cfg.task.name}' has no scripted gold rationales and "
-                               "edit.feedback is not llm (which writes them), so --gold-only has nothing to write")
-    else:
-        for path in trajectory_paths:
-            for traj in records.read_trajectories(path):
-                n_traj += 1
-                if traj.outcome == "dropped":
-                    drops["dropped_trajectory"] = drops.get("dropped_trajectory", 0) + 1
-                    continue
-                examples.extend(trajectory_examples(traj))
-        if pc.include_gold:
-            examples.extend(gold_examples(cfg, with_feedback=True, out_dir=out_dir, drops=drops))
-    counts["built"] = _counts(examples)
 
-    # 1. exact duplicates
+def _dedupe_and_limit(examples: list[TrainingExample], tokenizer, max_tokens: int, stats: dict, drops: Counter):
+    """Steps 2 and 3, counted."""
+    from tripost.train import encode_example
+
     seen, unique = set(), []
     for e in examples:
-        if e.text not in seen:
-            seen.add(e.text)
+        if (e.model, e.text) not in seen:
+            seen.add((e.model, e.text))
             unique.append(e)
-    drops["duplicate"] = len(examples) - len(unique)
-    examples = unique
-    counts["after_dedup"] = _counts(examples)
+    drops["duplicate"] += len(examples) - len(unique)
+    stats["after_dedup"] = _counts(unique)
+    if tokenizer is None:
+        stats["length_limit"] = "skipped: no tokenizer given"
+        return unique
+    kept = [e for e in unique if len(encode_example(e, tokenizer)[0]) <= max_tokens]
+    drops["too_long"] += len(unique) - len(kept)
+    stats["length_limit"] = f"max_tokens={max_tokens} (as the trainer encodes them: text + EOS)"
+    stats["after_length"] = _counts(kept)
+    return kept
 
-    # 2. token-length limit
-    length_note = f"max_tokens={pc.max_tokens} (text + EOS)"
-    if tokenizer_dir is None:
-        length_note = "skipped: no tokenizer given"
-        drops["too_long"] = 0
-    else:
-        lengths = _token_lengths([e.text for e in examples], tokenizer_dir)
-        kept = [e for e, n in zip(examples, lengths) if n <= pc.max_tokens]
-        drops["too_long"] = len(examples) - len(kept)
-        examples = kept
-    counts["after_length"] = _counts(examples)
 
-    # 3. rebalance
-    if gold_only:
-        reb = {"target_p": None, "reached": None, "action": "gold-only data: no rebalancing"}
-    else:
-        examples, reb = rebalance(examples, pc.p, pc.seed)
-    drops["rebalance"] = counts["after_length"]["total"] - len(examples)
-    counts["final"] = _counts(examples)
-
-    stats = {"trajectories_read": n_traj, "gold_only": gold_only, "length_limit": length_note,
-             "counts": counts, "drops": drops, "rebalance": reb,
-             "examples_path": str(out_dir / "examples.jsonl")}
-    records.write_jsonl(out_dir / "examples.jsonl", examples)
-    (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-    save_config(cfg, out_dir / "config.yaml")
+def _write(out_dir: Path, by_model: dict[str, list[TrainingExample]], stats: dict) -> dict:
+    for model, examples in by_model.items():
+        io.write_jsonl(examples_file(out_dir, model), examples)
+    stats["files"] = {model: str(examples_file(out_dir, model)) for model in by_model}
+    io.write_json(out_dir / "stats.json", stats)
     return stats
 
 
-def summary(stats: dict) -> str:
-    lines = ["step            improvement  terminal  gold  total"]
-    for step, c in stats["counts"].items():
-        lines.append(f"{step:<15} {c['improvement']:>11}  {c['terminal']:>8}  {c['gold']:>4}  {c['total']:>5}")
-    lines.append("drops: " + ", ".join(f"{k}={v}" for k, v in stats["drops"].items()))
-    reb = stats["rebalance"]
-    lines.append(f"rebalance: {reb['action']}")
-    if reb.get("reached") is False:
-        lines.append(f"WARNING: the improvement share p={reb['target_p']} was NOT reached "
-                     f"(now {reb.get('after_p')}).")
-    return "\n".join(lines)
+def process(task, process_cfg: ProcessConfig, method: str, method_cfg, chat_template: bool, trajectories: list,
+            tokenizer_dir, out_dir, experts: EditConfig | None = None) -> dict:
+    """Build, dedupe, length-filter and select the method's training examples; write one
+    `<model>.jsonl` per model and stats.json under out_dir; return the stats."""
+    from tripost.methods import get_method
+
+    m = get_method(method)
+    out_dir = Path(out_dir)
+    drops: Counter = Counter()
+    trajs = []
+    for path in trajectories:
+        for t in read_trajectories(path):
+            if t.status == "kept":
+                trajs.append(t)
+            else:
+                drops[f"not_kept_{t.status}"] += 1
+    gold = gold_rationales(task, experts, out_dir, drops) if m.uses_gold(method_cfg) else []
+    tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir is not None else None
+    fmt = prompt_format(chat_template, tokenizer)
+    built = m.examples(trajs, gold, method_cfg, fmt)
+    stats: dict = {"trajectories": len(trajs), "gold_rationales": len(gold), "models": {}}
+    by_model: dict[str, list[TrainingExample]] = {}
+    for model in m.models(method_cfg):
+        mine = [e for e in built if e.model == model]
+        model_drops: Counter = Counter()
+        model_stats: dict = {"built": _counts(mine)}
+        mine = _dedupe_and_limit(mine, tokenizer, process_cfg.max_tokens, model_stats, model_drops)
+        mine, model_stats["select"] = m.select(model, mine, method_cfg, process_cfg.seed)
+        model_stats["final"] = _counts(mine)
+        model_stats["drops"] = dict(sorted(model_drops.items()))
+        stats["models"][model] = model_stats
+        by_model[model] = mine
+    stats["drops"] = dict(sorted(drops.items()))
+    return _write(out_dir, by_model, stats)
 
 
-def main(args, cfg: Config) -> int:
-    if not args.gold_only and not args.trajectories:
-        raise TripostError("process: give --trajectories FILE ... (or --gold-only)")
-    stats = process(cfg, args.trajectories, args.tokenizer or cfg.model, args.out, gold_only=args.gold_only)
+def rationale_example(fmt, model: str, ex: Example, rationale: str) -> TrainingExample:
+    """Question (context) -> gold rationale (weight 1): the "ft rationale" data."""
+    segs = [Segment(fmt.question(ex.question), 0.0, "user"), Segment(rationale, 1.0, model)]
+    if fmt.closing:
+        segs.append(Segment(fmt.closing, 1.0, model))
+    return training_example("rationale_sft", model, RATIONALE_KIND, segs, ex, chat_template=fmt.chat_template)
+
+
+def rationale_sft(task, process_cfg: ProcessConfig, chat_template: bool, tokenizer_dir, out_dir, model: str,
+                  experts: EditConfig | None = None) -> dict:
+    """One rationale example per train question with a gold rationale (deduped, length-limited),
+    for `model`: the warm-up ("base") and the baseline. Writes `<model>.jsonl` and stats.json."""
+    out_dir = Path(out_dir)
+    drops: Counter = Counter()
+    gold = gold_rationales(task, experts, out_dir, drops)
+    if not gold:
+        raise TripostError(f"task '{task.name}' has no gold rationales (no scripted ones, and no LLM expert "
+                           "configured to write them), so there is no rationale SFT data")
+    tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir is not None else None
+    fmt = prompt_format(chat_template, tokenizer)
+    examples = [rationale_example(fmt, model, ex, r) for ex, r in gold]
+    stats: dict = {"gold_rationales": len(gold), "built": _counts(examples)}
+    examples = _dedupe_and_limit(examples, tokenizer, process_cfg.max_tokens, stats, drops)
+    stats["final"] = _counts(examples)
+    stats["drops"] = dict(sorted(drops.items()))
+    return _write(out_dir, {model: examples}, stats)
+
+
+def main(args, cfg) -> int:
+    from tripost.config import method_config
+    from tripost.tasks import get_task
+
+    task = get_task(cfg.task)
+    tokenizer = args.tokenizer or cfg.model
+    experts = cfg.edit
+    if args.rationales:
+        stats = rationale_sft(task, cfg.process, cfg.chat_template, tokenizer, args.out, "base", experts)
+    else:
+        if not args.trajectories:
+            raise TripostError("process: give --trajectories FILE ... (or --rationales)")
+        stats = process(task, cfg.process, cfg.method, method_config(cfg), cfg.chat_template, args.trajectories,
+                        tokenizer, args.out, experts)
     print(summary(stats))
-    print(f"wrote {stats['examples_path']}")
     return 0
+
+
+def summary(stats: dict) -> str:
+    """The table `tripost process` prints: counts of each kind after each step, per model."""
+    lines = []
+    groups = stats["models"].items() if "models" in stats else [("base", stats)]
+    for model, s in groups:
+        steps_ = [k for k in ("built", "after_dedup", "after_length", "final") if k in s]
+        kinds = sorted({k for st in steps_ for k in s[st] if k != "total"}) + ["total"]
+        lines.append(f"model {model}: " + s.get("length_limit", ""))
+        lines.append(f"  {'step':<13}" + "".join(f"{k:>13}" for k in kinds))
+        for st in steps_:
+            lines.append(f"  {st:<13}" + "".join(f"{s[st].get(k, 0):>13}" for k in kinds))
+        if s.get("drops"):
+            lines.append("  drops: " + ", ".join(f"{k}={v}" for k, v in s["drops"].items()))
+        sel = s.get("select")
+        if sel:
+            lines.append(f"  select: {sel['action']}")
+            if sel.get("reached") is False:
+                lines.append(f"  WARNING: the improvement share p={sel['target_p']} was NOT reached "
+                             f"(now {sel.get('after_p')}).")
+        lines.append(f"  wrote {stats['files'][model]}")
+    if stats.get("drops"):
+        lines.append("drops: " + ", ".join(f"{k}={v}" for k, v in stats["drops"].items()))
+    return "\n".join(lines)

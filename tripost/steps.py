@@ -1,4 +1,4 @@
-"""The text format every stage speaks: numbered steps, feedback sentences, and the model's transcript.
+"""The answer format every method speaks: numbered steps, the final line, and feedback sentences.
 
 An attempt is a list of numbered steps and a final line:
 
@@ -8,38 +8,33 @@ An attempt is a list of numbered steps and a final line:
     (4) Then, the final equation is A * B = -1 * -2 = 2.
     (Final response) So the answer is 2.
 
-Feedback names the first wrong step, in one grammar used by scripts, LLM feedback and the model:
+Feedback names the first wrong step, in one grammar used by scripts, LLM experts and the model:
 
     Step (1) to (2) are correct. In step (3) the part "(3 - 5) = -3" is incorrect. This is because (3 - 5) is not equal to -3.
     Step (1) to (4) are correct. The final response is also correct.
 
-The model's transcript (what it is trained on and generates) chains them:
+The model's first answer to a question always follows `prompt(question)` ("Q: ...\\nA: "); what a
+method adds after it (TriPosT's "Feedback:", a partner's remark, another agent's answer) is the
+method's own transcript (tripost/methods/).
 
-    Q: <question>
-    A: <attempt>
-    Feedback: <feedback>
-    Updated Answer: <improved attempt>
-
-A training example stops after the improved attempt (improvement example) or after a "correct"
-feedback (terminal example); at test time the model is re-prompted with its updated answer to get
-the next feedback. `render_transcript` returns the text with character spans for each part, which is
-how training weights are assigned (see train.py).
+Everything here parses model-written text, so it runs in linear time and reads at most MAX_CHARS
+characters of any text (callers that keep model text drop longer text with a counted reason).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-
-from tripost.records import Span
 
 FINAL = "Final response"
 QUESTION_PREFIX = "Q: "
 ANSWER_PREFIX = "\nA: "
-FEEDBACK_PREFIX = "\nFeedback: "
-UPDATE_PREFIX = "\nUpdated Answer: "
+# The most characters of model text any parser here reads (a rationale is under 2,000).
+MAX_CHARS = 20_000
 
-_STEP_RE = re.compile(r"^\((\d+|Final response)\)\s?(.*)$")
+
+def prompt(question: str) -> str:
+    """What a model is given before its first answer."""
+    return f"{QUESTION_PREFIX}{question}{ANSWER_PREFIX}"
 
 
 @dataclass(frozen=True)
@@ -51,19 +46,36 @@ class Step:
         return f"({self.label}) {self.text}"
 
 
+def _step_start(line: str) -> tuple[str, str] | None:
+    """(label, rest) when `line` (already stripped) starts a step "(3) ..." or "(Final response) ..."."""
+    if not line.startswith("("):
+        return None
+    close = line.find(")", 1, 2 + max(len(FINAL), 12))
+    if close < 0:
+        return None
+    label = line[1:close]
+    if not (label == FINAL or (label.isascii() and label.isdigit())):
+        return None
+    rest = line[close + 1:]
+    return label, rest[1:] if rest.startswith((" ", "\t")) else rest
+
+
 def parse_steps(attempt: str) -> list[Step]:
     """Split an attempt into steps. A line that does not start a step continues the previous one;
     text before the first step becomes an unlabeled step "0" so nothing is lost."""
-    steps: list[Step] = []
-    for line in attempt.strip().splitlines():
-        m = _STEP_RE.match(line.strip())
-        if m:
-            steps.append(Step(m.group(1), m.group(2)))
-        elif steps:
-            steps[-1] = Step(steps[-1].label, steps[-1].text + "\n" + line)
+    labels: list[str] = []
+    parts: list[list[str]] = []
+    for line in attempt[:MAX_CHARS].strip().splitlines():
+        start = _step_start(line.strip())
+        if start is not None:
+            labels.append(start[0])
+            parts.append([start[1]])
+        elif parts:
+            parts[-1].append(line)
         elif line.strip():
-            steps.append(Step("0", line.strip()))
-    return steps
+            labels.append("0")
+            parts.append([line.strip()])
+    return [Step(label, "\n".join(lines)) for label, lines in zip(labels, parts)]
 
 
 def render_steps(steps: list[Step]) -> str:
@@ -75,9 +87,7 @@ def final_line(answer: str) -> str:
 
 
 def _answer_after(text: str) -> str | None:
-    """The text after the last "the answer is", up to the end of its line, without a final ".".
-    Plain string search, not a regex: model output can hold long runs of spaces that make a
-    backtracking pattern take seconds."""
+    """The text after the last "the answer is", up to the end of its line, without a final "."."""
     i = text.lower().rfind("the answer is")
     if i < 0:
         return None
@@ -90,7 +100,7 @@ def extract_final_answer(attempt: str) -> str | None:
     for step in reversed(parse_steps(attempt)):
         if step.label == FINAL:
             return _answer_after(step.text)
-    return _answer_after(attempt)
+    return _answer_after(attempt[:MAX_CHARS])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -127,20 +137,52 @@ def feedback_wrong(steps_before: int, label: str, part: str, reason: str) -> str
     return f'{_correct_prefix(steps_before)}In step ({label}) the part "{part}" is incorrect. This is because {reason}.'
 
 
-_WRONG_RE = re.compile(
-    r'In step \((\d+|Final response)\) the part "(.*?)" is incorrect\.\s*(?:This is because (.*?)\.?\s*)?$',
-    re.DOTALL,
-)
+_WRONG_HEAD, _PART_HEAD, _PART_END, _BECAUSE = "In step (", ') the part "', '" is incorrect.', "This is because"
+# A sentence gives up after this many candidate positions (bounded work on hostile text).
+_MAX_TRIES = 16
+
+
+def _wrong_at(text: str, start: int) -> Feedback | None:
+    """The "In step (X) the part "..." is incorrect. [This is because ...]" sentence starting at
+    `start`, running to the end of the text; the part is the shortest that makes the rest fit."""
+    i = start + len(_WRONG_HEAD)
+    close = text.find(")", i, i + len(FINAL) + 1)
+    if close < 0:
+        return None
+    label = text[i:close]
+    if not (label == FINAL or (label.isascii() and label.isdigit())) or not text.startswith(_PART_HEAD, close):
+        return None
+    part_start = close + len(_PART_HEAD)
+    at = part_start
+    for _ in range(_MAX_TRIES):
+        end = text.find(_PART_END, at)
+        if end < 0:
+            return None
+        rest = text[end + len(_PART_END):].strip()
+        if not rest:
+            return Feedback(False, label, text[part_start:end], None)
+        if rest.startswith(_BECAUSE):
+            reason = rest[len(_BECAUSE):].rstrip()
+            reason = (reason[:-1] if reason.endswith(".") else reason).strip()
+            return Feedback(False, label, text[part_start:end], reason or None)
+        at = end + 1
+    return None
 
 
 def parse_feedback(text: str | None) -> Feedback | None:
     """Parse feedback in the grammar above; None when it follows neither form."""
     if text is None:
         return None
-    text = text.strip()
-    m = _WRONG_RE.search(text)
-    if m:
-        return Feedback(False, m.group(1), m.group(2), (m.group(3) or "").strip() or None)
+    text = text[:MAX_CHARS].strip()
+    at = 0
+    for _ in range(_MAX_TRIES):
+        start = text.find(_WRONG_HEAD, at)
+        if start < 0:
+            break
+        found = _wrong_at(text, start)
+        if found is not None:
+            return found
+        at = start + 1
     if text.endswith("The final response is also correct."):
         return Feedback(True)
     return None
@@ -149,56 +191,3 @@ def parse_feedback(text: str | None) -> Feedback | None:
 def says_correct(feedback: str | None) -> bool:
     fb = parse_feedback(feedback)
     return fb is not None and fb.correct
-
-
-# ----------------------------------------------------------------------------------------------
-# Transcript: what the model reads and writes
-
-
-def prompt(question: str) -> str:
-    """What the model is given before its first attempt."""
-    return f"{QUESTION_PREFIX}{question}{ANSWER_PREFIX}"
-
-
-def render_transcript(question: str, attempt: str, feedback: str | None = None,
-                      update: str | None = None) -> tuple[str, list[Span]]:
-    """Text of one training example and the character span of each part.
-
-    The prefixes "\\nFeedback: " and "\\nUpdated Answer: " belong to the span they introduce, so
-    the model learns to write them.
-    """
-    parts = [("prompt", prompt(question)), ("attempt", attempt)]
-    if feedback is not None:
-        parts.append(("feedback", FEEDBACK_PREFIX + feedback))
-    if update is not None:
-        if feedback is None:
-            raise ValueError("an update needs the feedback it answers")
-        parts.append(("improvement", UPDATE_PREFIX + update))
-    text, spans = "", []
-    for role, piece in parts:
-        spans.append(Span(len(text), len(text) + len(piece), role))
-        text += piece
-    return text, spans
-
-
-def split_continuation(text: str) -> tuple[str, str | None, str | None]:
-    """Split what the model wrote after `prompt(question)` into (attempt, feedback, update).
-
-    Anything after a second "Feedback:" or "Updated Answer:" is ignored: one generate call yields
-    at most one critique and one update.
-    """
-    attempt, feedback, update = text, None, None
-    if FEEDBACK_PREFIX.strip() in text:
-        i = text.index(FEEDBACK_PREFIX.strip())
-        attempt, rest = text[:i], text[i + len(FEEDBACK_PREFIX.strip()):]
-        if UPDATE_PREFIX.strip() in rest:
-            j = rest.index(UPDATE_PREFIX.strip())
-            feedback, update = rest[:j], rest[j + len(UPDATE_PREFIX.strip()):]
-            k = update.find(FEEDBACK_PREFIX.strip())
-            if k >= 0:
-                update = update[:k]
-            update = update.strip()
-        else:
-            feedback = rest
-        feedback = feedback.strip()
-    return attempt.strip(), feedback, update

@@ -29,17 +29,17 @@ from pathlib import Path
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-from tripost.config import Config, resolve_path
+from tripost.config import EditConfig, resolve_path
 from tripost.errors import TripostError, where
 
 BLOCKS = ("system", "user")
 
 
-def prompts_dir_for(cfg: Config) -> Path:
+def prompts_dir_for(edit_cfg: EditConfig, task_name: str) -> Path:
     """`edit.prompts_dir` if set, else the built-in `prompts/<task>/`."""
-    if cfg.edit.prompts_dir:
-        return Path(cfg.edit.prompts_dir).expanduser()
-    return resolve_path("prompts") / cfg.task.name
+    if edit_cfg.prompts_dir:
+        return Path(edit_cfg.prompts_dir).expanduser()
+    return resolve_path("prompts") / task_name
 
 
 def file_hash(path: Path) -> str:

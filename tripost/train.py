@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import bisect
 import ctypes
-import hashlib
 import json
 import math
 import os
@@ -53,8 +52,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tripost import records
-from tripost.config import Config, resolve_path, save_config
+import yaml
+
+from tripost import io, records
+from tripost.config import Config, TrainConfig, resolve_path, to_dict
 from tripost.errors import TripostError
 
 MARKER = "COMPLETE"
@@ -65,58 +66,37 @@ DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "L
 # Examples -> token ids and per-token weights
 
 
-def role_weights(tc) -> dict[str, float]:
-    return {"prompt": 0.0 if tc.mask_question else 1.0, "attempt": 1.0,
-            "feedback": float(tc.w), "improvement": float(tc.w)}
+def encode_example(example: records.TrainingExample, tokenizer, max_length: int | None = None
+                   ) -> tuple[list[int], list[float]]:
+    """Token ids and per-token weights (weights[t] is used when token t is the target).
 
-
-def chat_render(example: records.TrainingExample, tokenizer) -> tuple[str, list[records.Span]]:
-    """The example as a chat (user = question, assistant = attempt + feedback + update) and its
-    spans moved to where the assistant text sits in the rendered template. Template text before
-    the assistant message counts as prompt; template text after it (the end-of-turn token) gets
-    the last span's role, so the model learns to end its turn."""
-    from tripost.steps import ANSWER_PREFIX, QUESTION_PREFIX
-
-    if not getattr(tokenizer, "chat_template", None):
-        raise TripostError("train.chat_template is true but the tokenizer has no chat template")
-    prompt = next(s for s in example.spans if s.role == "prompt")
-    question = example.text[prompt.start + len(QUESTION_PREFIX): prompt.end - len(ANSWER_PREFIX)]
-    answer = example.text[prompt.end:]
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": question}, {"role": "assistant", "content": answer}], tokenize=False)
-    at = text.rfind(answer)
-    if at < 0:
-        raise TripostError(f"example {example.id}: the chat template changed the assistant text")
-    spans = [records.Span(0, at, "prompt")]
-    spans += [records.Span(s.start - prompt.end + at, s.end - prompt.end + at, s.role)
-              for s in example.spans if s.role != "prompt"]
-    spans.append(records.Span(at + len(answer), len(text), spans[-1].role))
-    return text, spans
-
-
-def encode_example(example: records.TrainingExample, tokenizer, tc) -> tuple[list[int], list[float]]:
-    """Token ids and per-token weights (weights[t] is used when token t is the target)."""
+    A token gets the weight of the segment holding its LAST character: the question ends in a
+    space that BPE merges into the answer's first token (" ("), and the model must learn to write
+    that token. Added special tokens (BOS) are context. Plain text gets EOS appended, trained with
+    the last segment's weight; chat-template text ends in its own end-of-turn segment."""
     if not tokenizer.is_fast:
         raise TripostError("train needs a fast tokenizer (offset mappings); got a slow one")
-    text, spans = (chat_render(example, tokenizer) if tc.chat_template else (example.text, example.spans))
-    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=not tc.chat_template)
+    text = example.text
+    starts, at = [], 0
+    for seg in example.segments:
+        starts.append(at)
+        at += len(seg.text)
+    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=not example.chat_template)
     ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
-    weight_of = role_weights(tc)
     specials = set(tokenizer.all_special_ids)
-    starts = [s.start for s in spans]
     weights = []
     for (a, b), tid in zip(offsets, ids):
         if a == b and tid in specials:
-            weights.append(0.0)  # BOS and other added specials are context, never targets
+            weights.append(0.0)
             continue
-        # The span holding the token's LAST char: the prompt ends in a space that BPE merges into
-        # the answer's first token (" ("), and the model must learn to write that token.
         i = max(0, bisect.bisect_right(starts, max(a, b - 1)) - 1)
-        weights.append(weight_of[spans[i].role])
-    if not tc.chat_template and tokenizer.eos_token_id is not None:
+        weights.append(float(example.segments[i].weight))
+    if not example.chat_template and tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
-        weights.append(weight_of[spans[-1].role])
-    return ids[: tc.max_length], weights[: tc.max_length]
+        weights.append(float(example.segments[-1].weight))
+    if max_length is not None:
+        ids, weights = ids[:max_length], weights[:max_length]
+    return ids, weights
 
 
 # ----------------------------------------------------------------------------------------------
@@ -387,22 +367,20 @@ def save_checkpoint(engine, tokenizer, out_dir: Path, name: str, rank: int, dist
 # The training run (one process of a possibly distributed job)
 
 
-def _fingerprint(examples_path: Path, cfg: Config) -> str:
-    h = hashlib.sha256(Path(examples_path).read_bytes())
-    # Settings that change the math; how often to save or log may differ on resume.
-    math_keys = {k: v for k, v in vars(cfg.train).items()
+def _fingerprint(examples_path: Path, tc: TrainConfig) -> str:
+    """What a checkpoint was made from: the examples and the settings that change the math (how
+    often to save or log may differ on resume)."""
+    math_keys = {k: v for k, v in to_dict(tc).items()
                  if k not in ("save_every_steps", "keep_checkpoints", "log_every_steps")}
-    h.update(json.dumps(math_keys, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:16]
+    return io.sha256_json({"examples": io.sha256_file(examples_path), "train": math_keys})[:16]
 
 
-def run_training(cfg: Config, examples_path, model_dir, out_dir) -> dict:
+def run_training(tc: TrainConfig, examples_path, model_dir, out_dir) -> dict:
     import deepspeed
     import torch
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tc = cfg.train
     out_dir, examples_path = Path(out_dir), Path(examples_path)
     if model_dir is None:
         raise TripostError("train: no model to start from (give --model or config 'model')")
@@ -415,7 +393,7 @@ def run_training(cfg: Config, examples_path, model_dir, out_dir) -> dict:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     except (OSError, ValueError) as e:
         raise TripostError(f"{model_dir}: cannot load a tokenizer ({e})") from None
-    encoded = [encode_example(e, tokenizer, tc) for e in examples]
+    encoded = [encode_example(e, tokenizer, tc.max_length) for e in examples]
     encoded = [x for x in encoded if len(x[0]) >= 2]
     if not encoded:
         raise TripostError(f"{examples_path}: no training examples")
@@ -461,7 +439,7 @@ def run_training(cfg: Config, examples_path, model_dir, out_dir) -> dict:
     device = engine.device
 
     # Resume.
-    fingerprint = _fingerprint(examples_path, cfg)
+    fingerprint = _fingerprint(examples_path, tc)
     start_step, prior_wall = 0, 0.0
     ckpt = latest_checkpoint(out_dir)
     if ckpt is not None:
@@ -481,9 +459,9 @@ def run_training(cfg: Config, examples_path, model_dir, out_dir) -> dict:
         from torch.utils.tensorboard import SummaryWriter
 
         out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out_dir / "config.yaml")
+        io.write_text(out_dir / "config.yaml", yaml.safe_dump({"train": to_dict(tc)}, sort_keys=False))
         writer = SummaryWriter(str(out_dir / "tensorboard"))
-        log = records.JsonlAppender(out_dir / "train_log.jsonl")
+        log = io.JsonlAppender(out_dir / "train_log.jsonl")
 
     # Token counts are a pure function of the data order, so every rank knows the whole step's
     # normaliser before its first backward.
@@ -545,16 +523,18 @@ def run_training(cfg: Config, examples_path, model_dir, out_dir) -> dict:
     run_tokens = totals["tokens"]  # this process's share of the run (less than all after a resume)
     # Whole-run counts (every step, also those done before a resume): a function of the data order.
     all_rows = [row for step in range(total_steps) for acc in step_batches(step) for mb in acc if mb for row in mb]
-    totals.update(trained_tokens=sum(row_norm(r, "mask") for r in all_rows),
-                  weighted_tokens=sum(row_norm(r, "weight") for r in all_rows),
+    totals.update(tokens_targeted=sum(row_norm(r, "mask") for r in all_rows),
+                  tokens_weighted=sum(row_norm(r, "weight") for r in all_rows),
                   tokens=sum(r.length for r in all_rows))
 
     save_checkpoint(engine, tokenizer, out_dir, "model", rank, dist, None, tc.keep_checkpoints)
     wall = prior_wall + time.time() - t0
     stats = {"steps": total_steps, "resumed_from_step": start_step, "world_size": world,
              "examples": len(encoded), "rows": len(rows), "steps_per_epoch": steps_per_epoch,
-             "trained_tokens": totals["trained_tokens"], "weighted_tokens": totals["weighted_tokens"],
-             "tokens": totals["tokens"], "final_loss": loss_value, "wall_s": wall,
+             # tokens_seen: every position trained through (the compute); tokens_targeted: those with a
+             # weight > 0 (the loss normaliser's "mask"); tokens_weighted: the sum of their weights.
+             "tokens_seen": totals["tokens"], "tokens_targeted": totals["tokens_targeted"],
+             "tokens_weighted": totals["tokens_weighted"], "final_loss": loss_value, "wall_s": wall,
              # share of computed positions that were padding (this rank's micro-batches)
              "padding_fraction": 1 - sum(r.length for e in range(start_step, total_steps) for a in range(gas)
                                          for r in (micro_batch_for(epochs, e, a, rank, gas, world,
@@ -588,7 +568,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def train(cfg: Config, examples_path, model_dir, out_dir) -> dict:
+def train(tc: TrainConfig, examples_path, model_dir, out_dir) -> dict:
     """Run `tripost train` in a child process (torchrun with train.nproc > 1) and return its stats.
     Resumes an interrupted run in out_dir; returns at once when out_dir/model is complete."""
     out_dir = Path(out_dir)
@@ -596,11 +576,11 @@ def train(cfg: Config, examples_path, model_dir, out_dir) -> dict:
         return json.loads((out_dir / "train_stats.json").read_text())
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = out_dir / "train_config.yaml"
-    save_config(cfg, cfg_path)
+    io.write_text(cfg_path, yaml.safe_dump({"train": to_dict(tc)}, sort_keys=False))
     args = ["-m", "tripost", "train", "--examples", str(examples_path), "--model", str(model_dir),
             "--out", str(out_dir), "--config", str(cfg_path)]
-    if cfg.train.nproc > 1:
-        args = ["-m", "torch.distributed.run", "--nproc_per_node", str(cfg.train.nproc),
+    if tc.nproc > 1:
+        args = ["-m", "torch.distributed.run", "--nproc_per_node", str(tc.nproc),
                 "--master_port", str(_free_port())] + args
     env = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
     proc = subprocess.run([sys.executable] + args, env=env,
@@ -613,7 +593,7 @@ def train(cfg: Config, examples_path, model_dir, out_dir) -> dict:
 
 def main(args, cfg: Config) -> int:
     model_dir = args.model or cfg.model
-    stats = run_training(cfg, args.examples, model_dir, args.out)
+    stats = run_training(cfg.train, args.examples, model_dir, args.out)
     if int(os.environ.get("RANK", 0)) == 0:
         print(f"trained {stats['steps']} steps, final loss {stats['final_loss']:.4f}, "
               f"{stats['tokens_per_s']:.0f} tokens/s -> {stats['model_dir']}")

@@ -13,34 +13,12 @@ same way for every task (see `split`).
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from tripost import steps
 from tripost.config import TaskConfig
 from tripost.errors import TripostError
-from tripost.records import Trajectory, content_id
-
-
-@dataclass(frozen=True)
-class Example:
-    id: str  # content_id(task, question, answer)
-    task: str
-    question: str
-    answer: str
-    subtask: str = ""
-    seen: bool = True
-    meta: dict = field(default_factory=dict, compare=False, hash=False)
-
-    def trajectory(self, **kwargs) -> Trajectory:
-        """An empty trajectory record for this example."""
-        return Trajectory(id=self.id, task=self.task, question=self.question, answer=self.answer,
-                          subtask=self.subtask, seen=self.seen, **kwargs)
-
-
-def make_example(task: str, question: str, answer: str, subtask: str = "", seen: bool = True,
-                 **meta) -> Example:
-    return Example(content_id(task, question, answer), task, question, answer, subtask, seen, meta)
+from tripost.records import Example, make_example  # noqa: F401  (tasks build examples with make_example)
 
 
 class Task:

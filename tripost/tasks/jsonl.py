@@ -26,7 +26,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from tripost.errors import TripostError, where
-from tripost.records import jsonl_objects
+from tripost.io import jsonl_objects
 from tripost.tasks.base import Example, Task, make_example
 
 _NUMBER_RE = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\$?\.\d+")

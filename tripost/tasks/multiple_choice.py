@@ -28,7 +28,7 @@ import string
 
 from tripost import steps
 from tripost.errors import TripostError
-from tripost.records import content_id
+from tripost.io import content_id
 from tripost.tasks.base import Example, Task, make_example
 
 OPTIONS_HEADER = "Options:"
