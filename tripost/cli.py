@@ -117,21 +117,26 @@ def build_parser() -> argparse.ArgumentParser:
                    "e.g. round_2/edit or train (in every round)")
     _common(p)
 
-    p = add("inspect", "inspection", "view attempts, trajectories, dropped or training-example files",
-            "A terminal view of a JSONL file written by tripost, with filters and summary statistics.")
+    p = add("inspect", "tools.inspect", "view attempts, trajectories, dropped, predictions or training examples",
+            "A terminal view of a JSONL file written by tripost (any stage, any method, older versions too), "
+            "with filters and summary statistics. Conversations are shown round by round; training "
+            "examples segment by segment with their weights.")
     p.add_argument("file", metavar="FILE.jsonl")
-    p.add_argument("--id", help="only this id (prefix)")
-    p.add_argument("--outcome", help="only this outcome (correct, incorrect, dropped, pending)")
-    p.add_argument("--drop-reason", help="only this drop reason")
+    p.add_argument("--id", help="only this id (prefix); training examples also match their source trajectory")
+    p.add_argument("--status", help="trajectories: only this status (kept, dropped, pending)")
+    p.add_argument("--correct", choices=["yes", "no"], help="trajectories: only right (yes) or wrong (no) final answers")
+    p.add_argument("--drop-reason", help="trajectories: only this drop reason")
+    p.add_argument("--stop", help="trajectories: only this stop reason")
+    p.add_argument("--kind", help="training examples: only this kind (e.g. improvement, terminal, gold)")
+    p.add_argument("--model", help="training examples: only those this model trains on")
     p.add_argument("--subtask", help="only this subtask")
-    p.add_argument("--kind", help="training examples: only this kind (improvement, terminal, gold)")
-    p.add_argument("--limit", type=int, default=5, help="records to show (default 5)")
+    p.add_argument("--limit", type=int, default=5, help="records to show (default 5; 0 = all)")
     p.add_argument("--summary", action="store_true", help="only the summary statistics")
-    p.add_argument("--tokens", action="store_true", help="training examples: tokens coloured by weight")
-    p.add_argument("--tokenizer", metavar="DIR", help="tokenizer for --tokens")
-    p.add_argument("--w", type=float, default=1.5, help="feedback/improvement weight for --tokens")
+    p.add_argument("--tokens", action="store_true",
+                   help="training examples: every token coloured by the weight training gives it")
+    p.add_argument("--tokenizer", metavar="DIR", help="tokenizer for --tokens (default: the model of the file's run)")
 
-    p = add("report", "report", "one self-contained HTML page for a run directory")
+    p = add("report", "tools.report", "one self-contained HTML page for a run directory")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--out", metavar="FILE.html", help="default: RUN_DIR/report.html")
     return parser

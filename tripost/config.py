@@ -386,9 +386,25 @@ def read_yaml(path: Path) -> dict:
     return data
 
 
-def load_config(path: str | Path | None = None, overrides=(), cls=Config):
+def upgrade(data: dict) -> dict:
+    """A config written by an older tripost (a run directory's own config.yaml) with its moved keys
+    renamed (config.MOVED) and removed ones dropped."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for old, new in MOVED.items():
+        section, key = old.split(".")
+        if key not in (data.get(section) or {}):
+            continue
+        value = data[section].pop(key)
+        if new is not None:
+            head, _, tail = new.rpartition(".")
+            (data.setdefault(head, {}) if head else data)[tail] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides=(), cls=Config, older: bool = False):
     """Defaults <- YAML file <- overrides (`"key=value"` strings, or `(key, value)` pairs taken as
-    they are), type-checked, then validated."""
+    they are), type-checked, then validated. `older`: the file is a run directory's own config.yaml,
+    possibly written by an older tripost (moved keys are renamed rather than refused)."""
     data: dict = {}
     source = "config"
     if path is not None:
@@ -397,6 +413,8 @@ def load_config(path: str | Path | None = None, overrides=(), cls=Config):
         if not path.is_file():
             raise TripostError(f"{path}: config file not found")
         data = read_yaml(path)
+        if older:
+            data = upgrade(data)
     for item in overrides:
         key, value = item if isinstance(item, tuple) else parse_override(item)
         _set_path(data, key, value, cls, "command line")

@@ -166,6 +166,9 @@ _SAMPLE = 2**20
 # Files in a directory that are bookkeeping, not content (logs, timings and completion markers
 # differ between two identical runs).
 BOOKKEEPING = {"manifest.json", "train_log.jsonl", "timings.json", "COMPLETE"}
+# What tripost 0.1 skipped (it hashed the COMPLETE marker, whose timestamp made two identical runs
+# differ); used only to compare with the manifests of run directories it wrote.
+BOOKKEEPING_V1 = {"manifest.json", "train_log.jsonl", "timings.json"}
 
 
 def sha256_file(path: str | Path) -> str:
@@ -184,9 +187,9 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def sha256_path(path: str | Path) -> str:
+def sha256_path(path: str | Path, skip: set = BOOKKEEPING) -> str:
     """Hash of a file, or of a directory's top-level files (a model directory: weights, config,
-    tokenizer). Subdirectories (checkpoints) and bookkeeping files are left out."""
+    tokenizer). Subdirectories (checkpoints) and bookkeeping files (`skip`) are left out."""
     path = Path(path)
     if path.is_file():
         return sha256_file(path)
@@ -194,7 +197,7 @@ def sha256_path(path: str | Path) -> str:
         raise TripostError(f"{path}: input not found")
     h = hashlib.sha256()
     for child in sorted(path.iterdir()):
-        if child.is_file() and child.name not in BOOKKEEPING and not child.name.endswith(".tmp") \
+        if child.is_file() and child.name not in skip and not child.name.endswith(".tmp") \
                 and not child.name.startswith("."):
             h.update(child.name.encode() + b"\x00" + sha256_file(child).encode() + b"\x00")
     return h.hexdigest()

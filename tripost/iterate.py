@@ -257,30 +257,43 @@ def tokens_seen(train_dirs) -> int:
 def _legacy_layout(stages: list[Stage], run_dir: Path) -> list[Stage]:
     """Run directories written before the method seam (layout 1: manifests without "layout")
     trained one model per round in round_k/train/ and named their files otherwise. A finished
-    layout-1 round is kept as it is (later stages read its model from round_k/train/model); the
-    stages of an unfinished one are moved aside and the round is redone in layout 2."""
-    groups: dict[str, list[Stage]] = {}
-    for s in stages:
-        parts = s.id.split("/")
-        groups.setdefault("/".join(parts[:2] if parts[0] == "baseline" else parts[:1]), []).append(s)
-    for group, members in groups.items():
-        root = run_dir / group
-        old = [d for d in sorted(root.iterdir()) if d.is_dir() and "layout" not in (read_manifest(d) or {"layout": 2})] \
-            if root.is_dir() else []
-        if not old:
-            continue
-        if len(old) == len(members) and all(is_done(d) for d in old):
+    layout-1 round is kept as it is (later stages read its model from round_k/train/model); an
+    unfinished one is redone in layout 2 (`iterate` first moves its stages aside: `unfinished_legacy`)."""
+    for group, members in _groups(stages).items():
+        old = _legacy_dirs(run_dir / group)
+        if old and len(old) == len(members) and all(is_done(d) for d in old):
             for stage in members:
                 if stage.dir.parent.name == "train":  # round_k/train/<model> -> round_k/train
                     new_dir, stage.id, stage.dir = stage.dir, f"{group}/train", stage.dir.parent
                     for s in stages:
                         s.inputs = _redirect(s.inputs, new_dir, stage.dir)
-            continue
-        for d in old:
-            moved = move_aside(d)
-            print(f"[iterate] {group}: an unfinished round written by an older tripost; moved {d.name} aside "
-                  f"to {moved.name}", file=sys.stderr)
     return stages
+
+
+def unfinished_legacy(stages: list[Stage], run_dir: Path) -> list[Path]:
+    """Stage directories of unfinished layout-1 rounds (to move aside before redoing the round)."""
+    out = []
+    for group, members in _groups(stages).items():
+        old = _legacy_dirs(run_dir / group)
+        if old and not (len(old) == len(members) and all(is_done(d) for d in old)):
+            out.extend(old)
+    return out
+
+
+def _groups(stages: list[Stage]) -> dict[str, list[Stage]]:
+    """Stages by round: "round_k" or "baseline/round_k"."""
+    groups: dict[str, list[Stage]] = {}
+    for s in stages:
+        parts = s.id.split("/")
+        groups.setdefault("/".join(parts[:2] if parts[0] == "baseline" else parts[:1]), []).append(s)
+    return groups
+
+
+def _legacy_dirs(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    return [d for d in sorted(root.iterdir())
+            if d.is_dir() and (d / "manifest.json").is_file() and "layout" not in read_manifest(d)]
 
 
 def _redirect(x, old: Path, new: Path):
@@ -330,6 +343,10 @@ def iterate(cfg: Config, force_from: str | None = None, echo: bool = True) -> di
         raise TripostError(f"{run_dir}: another `tripost iterate` is running on this run directory") from None
     try:
         stages = plan(cfg, run_dir)
+        for d in unfinished_legacy(stages, run_dir):
+            moved = move_aside(d)
+            print(f"[iterate] {d.relative_to(run_dir)}: part of an unfinished round written by an older tripost; "
+                  f"moved aside to {moved.name} (the round is redone)", file=sys.stderr)
         runner = Runner(run_dir, cfg.method)
         first = find(stages, force_from) if force_from is not None else len(stages)
         # Check the finished stages up front, so a refused run changes nothing (not even

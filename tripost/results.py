@@ -60,7 +60,7 @@ def summarize(cfg, stages: list[Stage], run_dir: Path) -> dict:
                 continue
             ev = done.get(f"{prefix}/evaluate")
             row = {"round": k, "arm": arm, **(_metrics(ev["counts"]) if ev else {})}
-            trains = [done[i] for i in ids if "/train" in i and done.get(i)]
+            trains = [done[i] for i in ids if {"train", "warmup_train"} & set(i.split("/")) and done.get(i)]
             row["tokens_seen"] = sum(_tokens_seen(t["counts"]) or 0 for t in trains) if trains else None
             edit = done.get(f"{prefix}/edit")
             if edit:

@@ -177,8 +177,10 @@ class Runner:
         config = {k: config_view(v) for k, v in stage.config.items()}
         inputs = {}
         for p in _paths(resolve(stage.inputs)):
-            if only_inputs is None or self.rel(p) in only_inputs:
+            if only_inputs is None:
                 inputs[self.rel(p)] = io.sha256_path(p)
+            elif self.rel(p) in only_inputs:  # comparing with a layout-1 manifest: hash as 0.1 did
+                inputs[self.rel(p)] = io.sha256_path(p, io.BOOKKEEPING_V1)
         values = {k: fn() for k, fn in stage.values.items()} if only_inputs is None else {}
         scripts = {_script_key(p): io.sha256_file(p) for p in stage.scripts}
         fp = io.sha256_json({"config": config, "inputs": inputs, "values": values, "scripts": scripts})

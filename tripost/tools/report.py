@@ -18,12 +18,12 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from pathlib import Path
 
-from tripost import manifest as mf
 from tripost.errors import TripostError
-from tripost.records import Trajectory, read_jsonl, read_trajectories
+from tripost.io import jsonl_objects, read_json
+from tripost.records import Trajectory, read_trajectories
+from tripost.runner import read_manifest
 
 KIND_COLOURS = {"improvement": "#4c72b0", "terminal": "#55a868", "gold": "#c44e52"}
 
@@ -33,46 +33,34 @@ KIND_COLOURS = {"improvement": "#4c72b0", "terminal": "#55a868", "gold": "#c44e5
 
 
 def load_summary(run_dir: Path) -> dict:
-    """The iterate summary, rebuilt from the manifests when the run's config is there (so a run
-    still going is shown as it is now), else summary.json."""
-    config = run_dir / "config.yaml"
-    if config.is_file():
-        from tripost.config import load_config
-        from tripost.iterate import Run, summarize
+    """The run's results, rebuilt from its stage manifests (so a run still going is shown as it
+    is now), for run directories of this and older tripost versions."""
+    from tripost.config import load_config
+    from tripost.iterate import plan
+    from tripost.results import summarize
 
-        try:
-            cfg = load_config(config)
-            return summarize(Run(cfg, run_dir=run_dir))
-        except TripostError:
-            pass  # e.g. the base model moved; summary.json still describes the run
-    path = run_dir / "summary.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    raise TripostError(f"{run_dir}: not a run directory (no config.yaml or summary.json; "
-                       "make one with `tripost iterate`)")
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        raise TripostError(f"{run_dir}: not a run directory (no config.yaml; make one with `tripost iterate`)")
+    cfg = load_config(config, older=True)
+    return summarize(cfg, plan(cfg, run_dir), run_dir)
 
 
 def read_train_log(path: Path) -> list[dict]:
     """Loss records of a train_log.jsonl: lines with a numeric "loss" and "step"."""
     if not path.is_file():
         return []
-    out = []
-    for rec in read_jsonl(path):
-        if isinstance(rec.get("loss"), (int, float)) and isinstance(rec.get("step"), (int, float)):
-            out.append(rec)
-    return out
+    return [rec for _, rec in jsonl_objects(path, allow_torn_tail=True) if "loss" in rec and "step" in rec]
 
 
 def train_dirs(run_dir: Path) -> list[tuple[str, Path]]:
-    """(label, directory) of every train stage, in order."""
+    """(label, directory) of every train stage that logged, in order."""
     found = []
-    for sub in sorted(run_dir.glob("round_*"), key=_round_key):
-        for name in ("warmup_train", "train"):
-            if (sub / name).is_dir():
-                found.append((f"{sub.name}/{name}", sub / name))
-    for sub in sorted(run_dir.glob("baseline/round_*"), key=_round_key):
-        if (sub / "train").is_dir():
-            found.append((f"baseline/{sub.name}", sub / "train"))
+    for prefix in ("", "baseline/"):
+        for sub in sorted(run_dir.glob(prefix + "round_*"), key=_round_key):
+            for log in sorted(sub.glob("*train*/**/train_log.jsonl")):
+                if "checkpoints" not in log.parts:
+                    found.append((str(log.parent.relative_to(run_dir)), log.parent))
     return found
 
 
@@ -110,14 +98,13 @@ def plot_metric_lines(rows: list[dict], metrics: list[tuple[str, str]], title: s
     fig, ax = plt.subplots(figsize=(6, 3.4))
     drew = False
     for (key, label), colour in zip(metrics, ("#4c72b0", "#dd8452", "#55a868", "#c44e52")):
-        for method, style in (("tripost", "-o"), ("baseline", "--s")):
+        arms = list(dict.fromkeys(r["arm"] for r in rows if r["round"] > 0))
+        for arm, style in zip(arms, ("-o", "--s", ":^", "-.v")):
             pts = [(r["round"], r[key]) for r in rows
-                   if r.get(key) is not None and (r["method"] == method or (r["round"] == 0 and r["method"] == "warm-up"))]
-            if method == "baseline" and not any(r["method"] == "baseline" for r in rows):
-                continue
+                   if r.get(key) is not None and (r["arm"] == arm or r["round"] == 0)]
             if pts:
                 xs, ys = zip(*sorted(pts))
-                ax.plot(xs, [100 * y for y in ys], style, color=colour, label=f"{label} ({method})")
+                ax.plot(xs, [100 * y for y in ys], style, color=colour, label=f"{label} ({arm})")
                 drew = True
     if not drew:
         plt.close(fig)
@@ -186,19 +173,35 @@ def _pct(v) -> str:
     return "–" if v is None else f"{100 * v:.1f}"
 
 
+def final_kinds(manifest: dict) -> dict:
+    """Training examples by kind after the process stage (layout-1 manifests kept them elsewhere)."""
+    c = manifest["counts"]
+    if "matched" in c:  # a baseline: its token-matched passes over the rationale examples
+        return {"rationale (token-matched)": c["matched"]["examples"]}
+    if "models" in c:
+        kinds: dict = {}
+        for stats in c["models"].values():
+            for k, v in stats["final"].items():
+                if k != "total":
+                    kinds[k] = kinds.get(k, 0) + v
+        return kinds
+    final = c.get("final") or c["counts"]["final"]  # rationale SFT, or a layout-1 process stage
+    return {k: v for k, v in final.items() if k != "total" and v}
+
+
 def summary_table(summary: dict) -> str:
-    head = ["round", "method", "acc (all)", "acc seen", "acc unseen", "SI freq", "SI contrib", "kept", "dropped",
-            "drops by reason", "tokens trained", "wall s"]
+    head = ["round", "arm", "acc (all)", "acc seen", "acc unseen", "SI freq", "SI contrib", "kept", "dropped",
+            "drops by reason", "tokens seen", "wall s"]
     rows = []
     for r in summary["rows"]:
         reasons = ", ".join(f"{k}={v}" for k, v in sorted((r.get("drop_reasons") or {}).items())) or "–"
-        cells = [r["round"], r["method"], _pct(r.get("accuracy")), _pct(r.get("accuracy_seen")),
+        cells = [r["round"], r["arm"], _pct(r.get("accuracy")), _pct(r.get("accuracy_seen")),
                  _pct(r.get("accuracy_unseen")), _pct(r.get("si_frequency")), _pct(r.get("si_contribution")),
                  r.get("kept", "–") if r.get("kept") is not None else "–",
                  r.get("dropped", "–") if r.get("dropped") is not None else "–",
-                 reasons, r.get("tokens_trained") if r.get("tokens_trained") is not None else "–",
+                 reasons, r.get("tokens_seen") if r.get("tokens_seen") is not None else "–",
                  r.get("wall_s") if r.get("wall_s") is not None else "–"]
-        cls = ' class="baseline"' if r["method"] == "baseline" else ""
+        cls = ' class="baseline"' if r["arm"] == "baseline" else ""
         rows.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     return ("<table><thead><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead><tbody>"
             + "".join(rows) + "</tbody></table>")
@@ -219,14 +222,15 @@ def render_trajectory(t: Trajectory) -> str:
     def e(text) -> str:
         return html.escape(_clip(str(text)))
     head = f"{e(t.id)} · {e(t.task)}" + (f"/{e(t.subtask)}" if t.subtask else "") + ("" if t.seen else " · unseen")
-    parts = [f'<div class="traj {e(t.outcome)}"><div class="head">{head} · outcome <b>{e(t.outcome)}</b>'
+    verdict = "correct" if t.correct else "incorrect"
+    css = "dropped" if t.status == "dropped" else verdict
+    parts = [f'<div class="traj {css}"><div class="head">{head} · {e(t.status)}, final answer <b>{verdict}</b>'
              + (f" · drop reason <b>{e(t.drop_reason)}</b>" if t.drop_reason else "") + "</div>",
              f'<div class="q"><b>Q:</b> {e(t.question)} <span class="gold">(gold: {e(t.answer)})</span></div>']
-    for i, turn in enumerate(t.turns, start=1):
-        parts.append(f'<div class="who">attempt {i} by {e(turn.attempt_by)}</div><pre class="attempt">{e(turn.attempt)}</pre>')
-        if turn.feedback is not None:
-            parts.append(f'<div class="who">feedback by {e(turn.feedback_by or "?")}</div>'
-                         f'<pre class="feedback">{e(turn.feedback)}</pre>')
+    for m in t.messages:
+        stance = f" [{e(m.stance)}]" if m.stance else ""
+        parts.append(f'<div class="who">round {m.round} · {e(m.speaker)} {e(m.kind)}{stance} by {e(m.author)}</div>'
+                     f'<pre class="{e(m.kind)}">{e(m.text)}</pre>')
     parts.append("</div>")
     return "".join(parts)
 
@@ -241,13 +245,13 @@ def sample_trajectories(run_dir: Path, per_file: int = 2) -> list[tuple[str, lis
             if path.is_file():
                 trajs = read_trajectories(path)
                 # Prefer ones with more than one turn: they show an improvement.
-                trajs.sort(key=lambda t: (-min(len(t.turns), 3), t.id))
+                trajs.sort(key=lambda t: (-min(len(t.messages), 6), t.id))
                 if trajs:
                     picks.append((f"{sub.name}/{rel}", trajs[:per_file]))
     evals = [sub / "evaluate/predictions.jsonl" for sub in rounds if (sub / "evaluate/predictions.jsonl").is_file()]
     if evals:
         trajs = read_trajectories(evals[-1])
-        trajs.sort(key=lambda t: (-min(len(t.turns), 3), t.id))
+        trajs.sort(key=lambda t: (-min(len(t.messages), 6), t.id))
         picks.append((str(evals[-1].relative_to(run_dir)), trajs[:per_file]))
     return picks
 
@@ -276,14 +280,11 @@ def build_html(run_dir: Path) -> str:
     rows = summary["rows"]
     e = html.escape
 
-    config = {}
-    if (run_dir / "config.yaml").is_file():
-        import yaml
+    from tripost.config import load_config
 
-        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    task = config.get("task", {}).get("name", "?")
-    model = config.get("model") or "tiny model built by init-model"
-    feedback = config.get("edit", {}).get("feedback", "?")
+    cfg = load_config(run_dir / "config.yaml", older=True)
+    task, feedback = cfg.task.name, cfg.edit.feedback
+    model = cfg.model or "tiny model built by init-model"
 
     plots = []
     acc = plot_metric_lines(rows, [("accuracy_seen", "seen"), ("accuracy_unseen", "unseen")],
@@ -291,19 +292,14 @@ def build_html(run_dir: Path) -> str:
     si = plot_metric_lines(rows, [("si_frequency", "SI frequency"), ("si_contribution", "SI contribution")],
                            "Self-improvement at test time")
     composition = {}
-    for sid, label in [("round_0/warmup_process", "warm-up")] + [
-            (f"round_{r['round']}/process", f"round {r['round']}") for r in rows if r["method"] == "tripost"]:
-        m = mf.read_manifest(run_dir / sid)
-        if m and m.get("status") == "done":
-            final = m["counts"].get("counts", {}).get("final", {})
-            composition[label] = {k: v for k, v in final.items() if k != "total"}
     for r in rows:
-        if r["method"] == "baseline":
-            m = mf.read_manifest(run_dir / f"baseline/round_{r['round']}/process")
-            if m and m.get("status") == "done":
-                composition[f"baseline {r['round']} (token-matched)"] = {"gold": m["counts"].get("matched", {}).get("examples", 0)}
+        sid = "round_0/warmup_process" if r["round"] == 0 else \
+            (f"baseline/round_{r['round']}/process" if r["arm"] == "baseline" else f"round_{r['round']}/process")
+        m = read_manifest(run_dir / sid)
+        if m and m.get("status") == "done":
+            composition[f"{r['arm']} {r['round']}"] = final_kinds(m)
     comp = plot_stacked(composition, "Training examples by kind", KIND_COLOURS)
-    drops = {f"round {r['round']}": r.get("drop_reasons") or {} for r in rows if r["method"] == "tripost"}
+    drops = {f"round {r['round']}": r.get("drop_reasons") or {} for r in rows if r.get("drop_reasons")}
     dr = plot_stacked(drops, "Edit: dropped attempts by reason")
     loss = plot_losses([(label, read_train_log(d / "train_log.jsonl")) for label, d in train_dirs(run_dir)])
     for b64, alt in ((acc, "accuracy per round"), (si, "self-improvement per round"),
@@ -318,7 +314,7 @@ def build_html(run_dir: Path) -> str:
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>tripost report: {e(summary.get('name', run_dir.name))}</title>
 <style>{CSS}</style></head><body>
-<h1>TriPosT run <code>{e(summary.get('name', run_dir.name))}</code></h1>
+<h1>{e(summary.get('method', 'tripost'))} run <code>{e(summary.get('name', run_dir.name))}</code></h1>
 <p class="sub">task <b>{e(str(task))}</b> · model {e(str(model))} · feedback {e(str(feedback))} ·
 {summary.get('stages_done', '?')}/{summary.get('stages', '?')} stages done · total stage time
 {e(str(summary.get('total_wall_s', '–')))} s · directory <code>{e(str(run_dir))}</code></p>
