@@ -28,6 +28,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tripost import steps
 from tripost.errors import TripostError, where
 from tripost.io import content_id, jsonl_objects
 
@@ -222,13 +223,15 @@ def trajectory_from_v1(data: dict, at: str) -> Trajectory:
             if turn.get("feedback") is not None:
                 messages.append(Message("learner", "feedback", str(turn["feedback"]),
                                         _author_v1(turn.get("feedback_by")), round=i))
+        finals = [m for m in messages if m.kind in ("attempt", "update")]
+        final_answer = steps.extract_final_answer(finals[-1].text) or "" if finals else ""
         outcome = data.get("outcome", "pending")
         status = {"dropped": "dropped", "pending": "pending"}.get(outcome, "kept")
         stage = str(prov.get("stage", ""))
         return Trajectory(
             id=str(data["id"]), method="tripost", task=str(data["task"]), question=str(data["question"]),
             answer=str(data["answer"]), subtask=str(data.get("subtask", "")), seen=bool(data.get("seen", True)),
-            messages=messages, status=status, correct=outcome in ("correct", "improved"),
+            messages=messages, status=status, correct=outcome in ("correct", "improved"), final_answer=final_answer,
             drop_reason=str(data.get("drop_reason") or ""), detail=str(prov.get("drop_detail") or ""),
             stop=str(prov.get("edit_start") if stage == "edit" else prov.get("stop") or ""),
             calls=int(prov.get("improvements") if stage == "edit" else prov.get("generate_calls") or 0),
