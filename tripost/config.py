@@ -199,6 +199,10 @@ class IterateConfig:
     cumulative_data: bool = False
     # Train the equal-compute rationale-SFT baseline alongside.
     baseline: bool = True
+    # More arms beside the method: variants of it (an ablation, a method's own baseline), each a
+    # name and overrides of the method's config section, e.g. {supportive_only: {stances: supportive}}.
+    # Each trains its own models from the same base, on as many tokens per round as the method.
+    arms: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -276,6 +280,10 @@ def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
             except TripostError as e:
                 errors.append(e)
         raise errors[0]
+    if annotation is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise TripostError(f"{source}: config key '{key}' must be a mapping, got {value!r}")
+        return value
     if origin is list:
         (item,) = typing.get_args(annotation)
         if not isinstance(value, list):

@@ -25,7 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 from tripost import io
-from tripost.config import Config, GenerationConfig, method_config
+from tripost.config import Config, EditConfig, GenerationConfig, method_config
 from tripost.records import Trajectory, read_trajectories
 
 PREDICTIONS = "predictions.jsonl"
@@ -72,7 +72,8 @@ def format_table(metrics: dict) -> str:
 
 
 def evaluate(task, gen: GenerationConfig, method: str, method_cfg, chat_template: bool, models: dict, out_dir,
-             split: str = "test", progress: bool = True) -> dict:
+             split: str = "test", progress: bool = True, partners: dict | None = None,
+             edit_cfg: EditConfig | None = None) -> dict:
     """Roll out on `split` (resuming predictions.jsonl), write metrics.json, return the metrics."""
     from tripost.collect import rollout_stage
     from tripost.methods import get_method
@@ -80,7 +81,7 @@ def evaluate(task, gen: GenerationConfig, method: str, method_cfg, chat_template
     out_dir = Path(out_dir)
     pred_path = out_dir / PREDICTIONS
     rollout_stage(task, gen, method, method_cfg, chat_template, models, split, pred_path, "evaluate",
-                  progress=progress)
+                  progress=progress, partners=partners, edit_cfg=edit_cfg)
     ids = {ex.id for ex in task.load(split)}
     trajs = [t for t in read_trajectories(pred_path) if t.id in ids] if pred_path.exists() else []
     metrics = compute_metrics(trajs, get_method(method).group_metrics)
@@ -99,7 +100,7 @@ def main(args, cfg: Config) -> int:
     models = {name: check_model_dir(cfg.model) for name in get_method(cfg.method).models(mc)}
     save_config(cfg, Path(args.out) / "config.yaml")
     metrics = evaluate(get_task(cfg.task), cfg.evaluate, cfg.method, mc, cfg.chat_template, models, args.out,
-                       split=args.split)
+                       split=args.split, partners=get_method(cfg.method).partners(mc), edit_cfg=cfg.edit)
     print(format_table(metrics))
     print(f"wrote {Path(args.out) / 'metrics.json'}")
     return 0

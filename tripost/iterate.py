@@ -76,12 +76,13 @@ def _train(out, train, examples, model):
     return run(train, examples, model, out)
 
 
-def _collect(out, task, collect, method, method_cfg, chat_template, round, models):
+def _collect(out, task, collect, method, method_cfg, chat_template, round, models, partners=None, edit=None,
+             partner_models=None):
     from tripost.collect import collect as run
     from tripost.tasks import get_task
 
     return run(get_task(task), collect, method, method_cfg, chat_template, models, out / "attempts.jsonl",
-               round=round)
+               round=round, partners=partners, edit_cfg=edit)
 
 
 def _edit(out, task, edit, method, method_cfg, attempts):
@@ -95,43 +96,47 @@ def _edit(out, task, edit, method, method_cfg, attempts):
     return summary
 
 
-def _evaluate(out, task, evaluate, method, method_cfg, chat_template, models):
+def _evaluate(out, task, evaluate, method, method_cfg, chat_template, models, partners=None, edit=None,
+              partner_models=None):
     from tripost.evaluate import evaluate as run
     from tripost.tasks import get_task
 
-    return run(get_task(task), evaluate, method, method_cfg, chat_template, models, out)
+    return run(get_task(task), evaluate, method, method_cfg, chat_template, models, out, partners=partners,
+               edit_cfg=edit)
+
+
+def _match(out: Path, models: list[str], tokenizer, max_length: int, budget: int, seed: int) -> dict:
+    """Rewrite each model's examples file as passes over it up to its share of `budget` tokens."""
+    from tripost.process import load_tokenizer, token_matched
+
+    tok = load_tokenizer(tokenizer)
+    matched = {}
+    for model in models:
+        pool = read_records(examples_file(out, model))
+        picked, matched[model] = token_matched(pool, tok, max_length, budget // len(models), seed)
+        io.write_jsonl(examples_file(out, model), picked)
+    return matched
 
 
 def _baseline_process(out, task, process, chat_template, max_length, tokenizer, budget, seed, experts=None):
-    """Rationale SFT examples, then `baseline.jsonl`: passes over them (reshuffled each pass) until
-    their tokens reach `budget` (what the method's round trained on). Trained for one epoch."""
-    from tripost.process import load_tokenizer, rationale_sft
+    """Rationale SFT examples for the model "baseline", then passes over them (reshuffled each pass)
+    until their tokens reach `budget` (what the method's round trained on). Trained for one epoch."""
+    from tripost.process import rationale_sft
     from tripost.tasks import get_task
-    from tripost.train import encode_example
 
     stats = rationale_sft(get_task(task), process, chat_template, tokenizer, out, "baseline", experts)
-    pool = read_records(examples_file(out, "baseline"))
-    tok = load_tokenizer(tokenizer)
-    lengths = [len(encode_example(e, tok, max_length)[0]) for e in pool]
-    rng = random.Random(seed)
-    picked, total, passes, full = [], 0, 0, False
-    while not full:
-        order = list(range(len(pool)))
-        rng.shuffle(order)
-        passes += 1
-        for i in order:
-            over = total + lengths[i] - budget
-            # Stop short when taking this example would overshoot by more than it undershoots.
-            if picked and over > 0 and over > budget - total:
-                full = True
-                break
-            picked.append(i)
-            total += lengths[i]
-            if total >= budget:
-                full = True
-                break
-    io.write_jsonl(examples_file(out, "baseline"), [pool[i] for i in picked])
-    stats["matched"] = {"examples": len(picked), "tokens_seen": total, "budget_tokens_seen": budget, "passes": passes}
+    stats["matched"] = _match(out, ["baseline"], tokenizer, max_length, budget, seed)["baseline"]
+    io.write_json(out / "stats.json", stats)
+    return stats
+
+
+def _arm_process(out, task, process, method, method_cfg, chat_template, trajectories, tokenizer, max_length, budget,
+                 seed, experts=None):
+    """An arm's training data: the method's examples, then matched to the method's token budget."""
+    from tripost.methods import get_method
+
+    stats = _process(out, task, process, method, method_cfg, chat_template, trajectories, tokenizer, experts)
+    stats["matched"] = _match(out, get_method(method).models(method_cfg), tokenizer, max_length, budget, seed)
     io.write_json(out / "stats.json", stats)
     return stats
 
@@ -169,14 +174,35 @@ def rationale_source(cfg: Config, task) -> tuple[dict, list[Path]]:
     return {"experts": cfg.edit}, [template] if template.is_file() else []
 
 
+def partner_source(cfg: Config, m, mc) -> tuple[dict, dict, list[Path]]:
+    """What rollout stages are given for the method's untrained answerers (partners): their specs and
+    the edit section (script and API settings) as config, local partner models as inputs, partner
+    scripts and templates as scripts."""
+    from tripost.templates import prompts_dir_for
+
+    specs = m.partners(mc)
+    if not specs:
+        return {}, {}, []
+    models = {n: resolve_path(s[len("model:"):]) for n, s in specs.items() if s.startswith("model:")}
+    scripts: list[Path] = []
+    for spec in specs.values():
+        if spec.startswith("script:"):
+            scripts.append(resolve_path(spec[len("script:"):]))
+        elif spec == "llm":
+            scripts.extend(sorted(prompts_dir_for(cfg.edit, cfg.task.name).glob("*.j2")))
+    experts = len(models) < len(specs)
+    return ({"partners": specs, **({"edit": cfg.edit} if experts else {})},
+            {"partner_models": models} if models else {}, sorted(set(scripts)))
+
+
 def plan(cfg: Config, run_dir: Path) -> list[Stage]:
-    """Every stage of the run, in order."""
+    """Every stage of the run, in order: round 0, then per round the method's stages, each arm's,
+    and the baseline's."""
     from tripost.methods import get_method
     from tripost.tasks import get_task
 
     task = get_task(cfg.task)
     m, mc, it = get_method(cfg.method), method_config(cfg), cfg.iterate
-    common = {"task": cfg.task, "method": cfg.method, "method_cfg": mc, "chat_template": cfg.chat_template}
     rationales, rationale_scripts = rationale_source(cfg, task)
     if (it.warmup or it.baseline) and not task.has_gold_rationale and not rationales:
         raise TripostError(
@@ -204,47 +230,72 @@ def plan(cfg: Config, run_dir: Path) -> list[Stage]:
         warm = with_changes(cfg.train, epochs=it.warmup_epochs)
         base = Later(add("round_0/warmup_train", _train, {"train": warm},
                          {"examples": examples_file(wp, "base"), "model": base}))
-    names = m.models(mc)
-    models = {name: base for name in names}
-    add("round_0/evaluate", _evaluate, {**common, "evaluate": cfg.evaluate}, {"models": dict(models)})
 
+    # Arms: the method itself ("" prefix), then its variants; each has its own models.
+    arms = {"": mc}
+    for name, overrides in it.arms.items():
+        try:
+            arms[f"arms/{name}/"] = with_changes(mc, **overrides)
+        except TypeError as e:
+            raise TripostError(f"config: iterate.arms.{name}: {e} (keys are fields of the '{cfg.method}' "
+                               "section)") from None
+    names = m.models(mc)
+    models = {arm: {name: base for name in m.models(amc)} for arm, amc in arms.items()}
+    trajectories: dict[str, list[Path]] = {arm: [] for arm in arms}
+
+    def evaluate(sid, amc, arm_models):
+        partner_cfg, partner_inputs, partner_scripts = partner_source(cfg, m, amc)
+        add(sid, _evaluate, {"task": cfg.task, "method": cfg.method, "method_cfg": amc,
+                             "chat_template": cfg.chat_template, "evaluate": cfg.evaluate, **partner_cfg},
+            {"models": dict(arm_models), **partner_inputs}, scripts=partner_scripts)
+
+    evaluate("round_0/evaluate", mc, models[""])
     baseline_model = base
-    trajectories: list[Path] = []
     for k in range(1, it.rounds + 1):
-        r = f"round_{k}"
-        attempts = add(f"{r}/collect", _collect, {**common, "collect": cfg.collect, "round": k},
-                       {"models": dict(models)}) / "attempts.jsonl"
-        new = attempts
-        if "edit" in m.STAGES:
-            new = add(f"{r}/edit", _edit, {"task": cfg.task, "edit": cfg.edit, "method": cfg.method,
-                                           "method_cfg": mc}, {"attempts": attempts},
-                      scripts=expert_files(cfg)) / "trajectories.jsonl"
-        trajectories = trajectories + [new] if it.cumulative_data else [new]
-        starts = models if it.continue_from_previous else {name: base for name in names}
-        uses_gold = m.uses_gold(mc)
-        proc = add(f"{r}/process", _process, {**common, "process": cfg.process, **(rationales if uses_gold else {})},
-                   {"trajectories": list(trajectories), "tokenizer": starts[names[0]]},
-                   scripts=rationale_scripts if uses_gold else ())
-        train_dirs = []
-        for name in names:
-            d = add(f"{r}/train/{name}", _train, {"train": cfg.train},
-                    {"examples": examples_file(proc, name), "model": starts[name]})
-            train_dirs.append(d)
-            models[name] = Later(d)
-        add(f"{r}/evaluate", _evaluate, {**common, "evaluate": cfg.evaluate}, {"models": dict(models)})
+        round_trains: list[Path] = []
+        for arm, amc in arms.items():
+            r = f"{arm}round_{k}"
+            common = {"task": cfg.task, "method": cfg.method, "method_cfg": amc, "chat_template": cfg.chat_template}
+            partner_cfg, partner_inputs, partner_scripts = partner_source(cfg, m, amc)
+            attempts = add(f"{r}/collect", _collect, {**common, "collect": cfg.collect, "round": k, **partner_cfg},
+                           {"models": dict(models[arm]), **partner_inputs}, scripts=partner_scripts) / "attempts.jsonl"
+            new = attempts
+            if "edit" in m.STAGES:
+                new = add(f"{r}/edit", _edit, {"task": cfg.task, "edit": cfg.edit, "method": cfg.method,
+                                               "method_cfg": amc}, {"attempts": attempts},
+                          scripts=expert_files(cfg)) / "trajectories.jsonl"
+            trajectories[arm] = trajectories[arm] + [new] if it.cumulative_data else [new]
+            starts = models[arm] if it.continue_from_previous else {n: base for n in models[arm]}
+            gold = rationales if m.uses_gold(amc) else {}
+            inputs = {"trajectories": list(trajectories[arm]), "tokenizer": next(iter(starts.values()))}
+            if arm:  # a variant: as many tokens as the method trained on this round
+                proc = add(f"{r}/process", _arm_process,
+                           {**common, "process": cfg.process, "max_length": cfg.train.max_length,
+                            "seed": cfg.process.seed + k, **gold}, inputs,
+                           values={"budget": lambda dirs=tuple(round_trains): tokens_seen(dirs)},
+                           scripts=rationale_scripts if gold else ())
+            else:
+                proc = add(f"{r}/process", _process, {**common, "process": cfg.process, **gold}, inputs,
+                           scripts=rationale_scripts if gold else ())
+            for name in models[arm]:
+                d = add(f"{r}/train/{name}", _train, {"train": cfg.train},
+                        {"examples": examples_file(proc, name), "model": starts[name]})
+                if not arm:
+                    round_trains.append(d)
+                models[arm][name] = Later(d)
+            evaluate(f"{r}/evaluate", amc, models[arm])
 
         if it.baseline:
-            b = f"baseline/{r}"
+            b = f"baseline/round_{k}"
             once = with_changes(cfg.train, epochs=1.0, max_steps=None)
             bp = add(f"{b}/process", _baseline_process,
                      {"task": cfg.task, "process": cfg.process, "chat_template": cfg.chat_template,
                       "max_length": cfg.train.max_length, "seed": cfg.process.seed + k, **rationales},
                      {"tokenizer": baseline_model},
-                     values={"budget": lambda dirs=tuple(train_dirs): tokens_seen(dirs)}, scripts=rationale_scripts)
+                     values={"budget": lambda dirs=tuple(round_trains): tokens_seen(dirs)}, scripts=rationale_scripts)
             baseline_model = Later(add(f"{b}/train", _train, {"train": once},
                                        {"examples": examples_file(bp, "baseline"), "model": baseline_model}))
-            add(f"{b}/evaluate", _evaluate, {**common, "evaluate": cfg.evaluate},
-                {"models": {name: baseline_model for name in names}})
+            evaluate(f"{b}/evaluate", mc, {name: baseline_model for name in names})
     return _legacy_layout(stages, run_dir)
 
 

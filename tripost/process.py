@@ -23,6 +23,8 @@ LLM replies are cached under the output directory, so a rerun pays for nothing t
 
 from __future__ import annotations
 
+import dataclasses
+import random
 from collections import Counter
 from pathlib import Path
 
@@ -170,6 +172,37 @@ def rationale_sft(task, process_cfg: ProcessConfig, chat_template: bool, tokeniz
     stats["final"] = _counts(examples)
     stats["drops"] = dict(sorted(drops.items()))
     return _write(out_dir, {model: examples}, stats)
+
+
+def token_matched(examples: list[TrainingExample], tokenizer, max_length: int, budget: int, seed: int,
+                  model: str | None = None) -> tuple[list[TrainingExample], dict]:
+    """Passes over `examples` (reshuffled each pass, seeded) until their tokens (as the trainer
+    encodes them, capped at max_length) reach `budget`: how a baseline or an arm is given the same
+    compute as the method. Stops short when the next example would overshoot by more than it
+    undershoots. `model` renames the copies (the model that trains on them)."""
+    from tripost.train import encode_example
+
+    if not examples:
+        raise TripostError("no training examples to match the token budget with")
+    lengths = [len(encode_example(e, tokenizer, max_length)[0]) for e in examples]
+    rng = random.Random(seed)
+    picked, total, passes, full = [], 0, 0, False
+    while not full:
+        order = list(range(len(examples)))
+        rng.shuffle(order)
+        passes += 1
+        for i in order:
+            over = total + lengths[i] - budget
+            if picked and over > 0 and over > budget - total:
+                full = True
+                break
+            picked.append(i)
+            total += lengths[i]
+            if total >= budget:
+                full = True
+                break
+    out = [dataclasses.replace(examples[i], model=model or examples[i].model) for i in picked]
+    return out, {"examples": len(out), "tokens_seen": total, "budget_tokens_seen": budget, "passes": passes}
 
 
 def main(args, cfg) -> int:

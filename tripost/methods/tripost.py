@@ -16,6 +16,7 @@ The contract every method module implements (docs/methods.md), here for TriPosT:
 
     NAME, STAGES                        "tripost"; collect -> edit -> process -> train -> evaluate
     models(mc)                          ["learner"]: the one model trained each round
+    partners(mc)                        {}: no untrained answerers in rollouts
     rollout(example, task, mc, stage, fmt)   collect and evaluate: the self-improvement loop
     edit(traj, task, mc)                the edit walk with the feedback and improvement experts
     uses_gold(mc), examples(trajs, gold, mc, fmt), select(model, examples, mc, seed)
@@ -48,6 +49,12 @@ UPDATE_PREFIX = "\nUpdated Answer: "
 
 def models(mc: TripostConfig) -> list[str]:
     return [LEARNER]
+
+
+def partners(mc: TripostConfig) -> dict[str, str]:
+    """Answerers that take part in rollouts without being trained: none (TriPosT's experts work in
+    the edit stage, named by the edit section)."""
+    return {}
 
 
 # ----------------------------------------------------------------------------------------------
