@@ -60,11 +60,21 @@ from tripost.errors import TripostError
 @dataclass
 class Reply:
     """One expert answer: `text`, or `error` (a drop reason). `detail` says more about an error
-    (an exception message, file:line) and ends up in the dropped record's provenance."""
+    (an exception message, file:line) and ends up in the dropped record's provenance.
+
+    `transient` is True when the error says nothing about the request, so the item is not done
+    and a rerun should ask again: the API was unreachable, or answered 408/429/5xx/529, timed
+    out or sent a body cut short or not a message, after all its retries (see
+    tripost.api.ApiResult), or a script request never reached a live worker. It is False for a
+    verdict on the request: what the model or the script answered (no tool call, unparseable
+    feedback, a wrong rationale, script_error, script_bad_return, ...), a 4xx other than
+    408/429, and a script worker that crashed, ran out of memory or timed out *on* this request
+    (the same input would do it again)."""
 
     text: str | None = None
     error: str | None = None
     detail: str | None = None
+    transient: bool = False
 
 
 class Expert:
@@ -345,8 +355,12 @@ class ScriptExpert(Expert):
                 chunk = queue.popleft()
                 try:
                     w.send(kind, [items[i] for i in chunk])
-                except OSError:  # the worker died while idle: blame the first request, go on
-                    replies[chunk[0]] = Reply(None, "script_crashed", w.exit_description())
+                except OSError:
+                    # The worker died while idle, before this request reached it: the request
+                    # is not to blame (transient), but something must stop a worker that dies
+                    # at once every time from looping: it is counted against the first request.
+                    replies[chunk[0]] = Reply(None, "script_crashed", w.exit_description() + " before the request",
+                                              transient=True)
                     if chunk[1:]:
                         queue.appendleft(chunk[1:])
                     w = self._replace(w)
@@ -401,7 +415,8 @@ class ScriptExpert(Expert):
                 w.kill()
                 self.workers.remove(w)
         # Left over only if every worker failed to restart.
-        return [r if r is not None else Reply(None, "script_crashed", "no worker could be started") for r in replies]
+        return [r if r is not None else Reply(None, "script_crashed", "no worker could be started", transient=True)
+                for r in replies]
 
 
 # ----------------------------------------------------------------------------------------------
