@@ -83,8 +83,9 @@ def tiny_cfg():
 def tiny_model_dir(tmp_path_factory, tiny_cfg):
     """A tiny untrained Llama + tokenizer for multistep_arithmetic (built with init_model)."""
     from tripost.model_init import init_model
+    from tripost.tasks import get_task
 
-    return init_model(tiny_cfg, tmp_path_factory.mktemp("tiny_model"))
+    return init_model(tiny_cfg.init_model, get_task(tiny_cfg.task), tmp_path_factory.mktemp("tiny_model"))
 
 
 # The demo config (configs/demo.yaml) shrunk for tests: a 1-layer model, a dozen questions, one

@@ -9,16 +9,30 @@ It speaks enough of the protocol for the anthropic SDK:
     POST /v1/messages                        answered by `rule(body) -> list of content blocks`
     POST /v1/messages/batches                create a batch (answered at once, "ended" after
                                              `batch_polls_until_end` retrieves)
+    GET  /v1/messages/batches                list batches, newest first (one page)
     GET  /v1/messages/batches/<id>           retrieve
     GET  /v1/messages/batches/<id>/results   JSONL results
 
 Faults for the retry tests:
     server.fail_next(429, n=2, retry_after=0.2)   the next 2 message requests get a 429
     server.fail_when(pred, 500)                   every request with pred(body) true gets a 500
-    server.malformed_next(n)                      the next n get a reply the client cannot parse
+    server.fail_fraction(0.2, 529, seed=0)        each message request fails with probability 0.2
+    server.malformed_next(n)                      the next n get a tool call with bad fields (a
+                                                  content verdict: the model's fault, not the wire's)
+    server.bad_body_next(n, "truncated")          the next n get a 200 whose body is cut short
+                                                  (connection closed), "garbage" (not JSON) or
+                                                  "not_a_message" (JSON, but no message)
     server.delay_s = 0.5                          slow replies
     server.hold_after(n)                          answer n requests, then hold every later one
                                                   unanswered (for kill-mid-run tests)
+Batch faults (per request inside a batch; such a request is not billed):
+    server.batch_fail_when(pred, "errored", "overloaded_error")   also "expired", "canceled"
+    server.batch_fail_fraction(0.2, "errored", seed=0)
+    server.batch_results_truncated_next(n)        the next n results downloads are cut short
+    server.hold_batch_create()                    the next batch is created, but the reply to
+                                                  the create call waits for release() (for a
+                                                  client killed between create and saving the id)
+    server.list_supported = False                 GET /v1/messages/batches answers 404
 
 `python tests/fake_messages_server.py --log requests.jsonl` runs it as its own process (prints the
 URL, uses the simple `judge_all_correct` rule).
@@ -29,11 +43,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import random
 import re
 import sys
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 # ----------------------------------------------------------------------------------------------
@@ -154,6 +170,14 @@ class FakeMessagesServer:
         self._faults: list[tuple[int, float | None, str | None]] = []
         self._persistent: list[tuple[object, int]] = []
         self._malformed = 0
+        self._bad_bodies: list[str] = []
+        self._fraction: tuple[float, int, random.Random] | None = None
+        self._batch_faults: list[tuple[object, str, str]] = []
+        self._batch_fraction: tuple[float, str, str, random.Random] | None = None
+        self._truncated_results = 0
+        self._hold_create = False
+        self._create_release = threading.Event()
+        self.list_supported = True
         self._admitted = 0
         self._hold_after: int | None = None
         self._release = threading.Event()
@@ -171,8 +195,32 @@ class FakeMessagesServer:
     def fail_when(self, pred, status: int) -> None:
         self._persistent.append((pred, status))
 
+    def fail_fraction(self, p: float, status: int = 529, seed: int = 0) -> None:
+        """Each later message request fails with `status` with probability p (seeded)."""
+        self._fraction = (p, status, random.Random(seed))
+
     def malformed_next(self, n: int = 1) -> None:
         self._malformed += n
+
+    def bad_body_next(self, n: int = 1, kind: str = "truncated") -> None:
+        assert kind in ("truncated", "garbage", "not_a_message"), kind
+        with self._lock:
+            self._bad_bodies.extend([kind] * n)
+
+    def batch_fail_when(self, pred, kind: str = "errored", error_type: str = "overloaded_error") -> None:
+        """Requests in later batches with pred(params) true get result `kind` instead of a message."""
+        self._batch_faults.append((pred, kind, error_type))
+
+    def batch_fail_fraction(self, p: float, kind: str = "errored", error_type: str = "overloaded_error",
+                            seed: int = 0) -> None:
+        self._batch_fraction = (p, kind, error_type, random.Random(seed))
+
+    def batch_results_truncated_next(self, n: int = 1) -> None:
+        self._truncated_results += n
+
+    def hold_batch_create(self) -> None:
+        self._hold_create = True
+        self._create_release.clear()
 
     def hold_after(self, n: int) -> None:
         """Answer n more message requests, then hold every later one."""
@@ -183,6 +231,8 @@ class FakeMessagesServer:
     def release(self) -> None:
         self._hold_after = None
         self._release.set()
+        self._hold_create = False
+        self._create_release.set()
 
     @property
     def message_requests(self) -> list[Recorded]:
@@ -256,6 +306,8 @@ class FakeMessagesServer:
                 self._messages(h, rec)
             elif path == "/v1/messages/batches" and method == "POST":
                 self._batch_create(h, body)
+            elif path == "/v1/messages/batches" and method == "GET":
+                self._batch_list(h)
             elif (m := re.fullmatch(r"/v1/messages/batches/([\w-]+)", path)) and method == "GET":
                 self._batch_retrieve(h, m.group(1))
             elif (m := re.fullmatch(r"/v1/messages/batches/([\w-]+)/results", path)) and method == "GET":
@@ -286,9 +338,14 @@ class FakeMessagesServer:
             if not held:
                 self._admitted += 1
             fault = self._faults.pop(0) if self._faults else None
+            if fault is None and self._fraction is not None:
+                p, status, rng = self._fraction
+                if rng.random() < p:
+                    fault = (status, None, None)
             malformed = self._malformed > 0
             if malformed and fault is None:
                 self._malformed -= 1
+            bad_body = self._bad_bodies.pop(0) if self._bad_bodies and fault is None else None
         if held:
             self._release.wait()  # held: the test kills the client meanwhile
             rec.status = 503
@@ -305,6 +362,9 @@ class FakeMessagesServer:
             return self._send(h, status, _error(kind, f"injected {status}", code), headers)
         if self.delay_s:
             time.sleep(self.delay_s)
+        if bad_body is not None:
+            rec.status = 200  # a 200 the client cannot use: not billed here (answered stays False)
+            return self._send_bad_body(h, body, bad_body)
         if malformed:
             content = self._malformed_content(body)
         else:
@@ -312,6 +372,27 @@ class FakeMessagesServer:
         message = self._message(body, content)
         rec.status, rec.answered = 200, True
         self._send(h, 200, message)
+
+    def _send_bad_body(self, h, body: dict, kind: str) -> None:
+        payload = json.dumps(self._message(body, self.rule(body))).encode()
+        if kind == "not_a_message":
+            payload = b'{"ok": true}'
+        h.send_response(200)
+        h.send_header("content-type", "application/json")
+        if kind == "truncated":
+            # The full length is announced, half is sent, then the connection closes.
+            h.send_header("content-length", str(len(payload)))
+            h.end_headers()
+            h.wfile.write(payload[: len(payload) // 2])
+            h.wfile.flush()
+            h.close_connection = True
+            return
+        if kind == "garbage":
+            payload = payload[: len(payload) // 2]  # a complete HTTP body that is not JSON
+        h.send_header("content-length", str(len(payload)))
+        h.end_headers()
+        h.wfile.write(payload)
+        h.wfile.flush()
 
     def _malformed_content(self, body: dict) -> list[dict]:
         name = tool_name(body)
@@ -337,43 +418,80 @@ class FakeMessagesServer:
         }
 
     # -- batches ---------------------------------------------------------------------------
+    def _batch_fault(self, params: dict) -> tuple[str, str] | None:
+        for pred, kind, error_type in self._batch_faults:
+            if pred(params):
+                return kind, error_type
+        if self._batch_fraction is not None:
+            p, kind, error_type, rng = self._batch_fraction
+            if rng.random() < p:
+                return kind, error_type
+        return None
+
     def _batch_create(self, h, body: dict) -> None:
-        batch_id = f"msgbatch_{len(self.batches):04d}_{body_hash(body)[:12]}"
+        with self._lock:
+            batch_id = f"msgbatch_{len(self.batches):04d}_{body_hash(body)[:12]}"
         results = []
         for item in body["requests"]:
             params = item["params"]
-            rec = Recorded("POST", "batch", {}, params, body_hash(params), time.time(), answered=True, status=200)
+            fault = self._batch_fault(params)
+            rec = Recorded("POST", "batch", {}, params, body_hash(params), time.time(),
+                           answered=fault is None, status=200 if fault is None else None)
             self._record(rec)
-            results.append({"custom_id": item["custom_id"],
-                            "result": {"type": "succeeded", "message": self._message(params, self.rule(params))}})
-        self.batches[batch_id] = {"results": results, "polls": 0}
-        self._send(h, 200, self._batch_object(batch_id, h))
+            if fault is None:
+                result = {"type": "succeeded", "message": self._message(params, self.rule(params))}
+            elif fault[0] == "errored":
+                result = {"type": "errored", "error": _error(fault[1], f"injected {fault[1]}")}
+            else:
+                result = {"type": fault[0]}
+            results.append({"custom_id": item["custom_id"], "result": result})
+        self.batches[batch_id] = {"results": results, "polls": 0, "created_at": time.time()}
+        if self._hold_create:
+            self._create_release.wait()  # created, but the client has not heard of it yet
+        self._send(h, 200, self._batch_object(batch_id))
 
-    def _batch_object(self, batch_id: str, h) -> dict:
+    def _batch_object(self, batch_id: str) -> dict:
         b = self.batches[batch_id]
         ended = b["polls"] >= self.batch_polls_until_end
         n = len(b["results"])
+        counts = {"processing": 0 if ended else n, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
+        if ended:
+            for r in b["results"]:
+                counts[r["result"]["type"]] += 1
+        created = datetime.fromtimestamp(b["created_at"], timezone.utc)
         return {
             "id": batch_id, "type": "message_batch",
             "processing_status": "ended" if ended else "in_progress",
-            "request_counts": {"processing": 0 if ended else n, "succeeded": n if ended else 0,
-                               "errored": 0, "canceled": 0, "expired": 0},
-            "created_at": "2025-01-01T00:00:00Z", "expires_at": "2025-01-02T00:00:00Z",
-            "ended_at": "2025-01-01T00:01:00Z" if ended else None,
+            "request_counts": counts,
+            "created_at": created.isoformat(), "expires_at": "2099-01-01T00:00:00Z",
+            "ended_at": created.isoformat() if ended else None,
             "archived_at": None, "cancel_initiated_at": None,
             "results_url": f"{self.url}/v1/messages/batches/{batch_id}/results" if ended else None,
         }
 
+    def _batch_list(self, h) -> None:
+        if not self.list_supported:
+            return self._send(h, 404, _error("not_found_error", "no route GET /v1/messages/batches"))
+        # Listing does not count as a poll: the status stays where it is.
+        data = [self._batch_object(i) for i in sorted(self.batches, key=lambda i: -self.batches[i]["created_at"])]
+        self._send(h, 200, {"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
+                            "last_id": data[-1]["id"] if data else None})
+
     def _batch_retrieve(self, h, batch_id: str) -> None:
         if batch_id not in self.batches:
             return self._send(h, 404, _error("not_found_error", batch_id))
-        data = self._batch_object(batch_id, h)
+        data = self._batch_object(batch_id)
         self.batches[batch_id]["polls"] += 1
         self._send(h, 200, data)
 
     def _batch_results(self, h, batch_id: str) -> None:
-        lines = "".join(json.dumps(r) + "\n" for r in self.batches[batch_id]["results"])
-        self._send(h, 200, lines.encode(), content_type="application/binary")
+        lines = "".join(json.dumps(r) + "\n" for r in self.batches[batch_id]["results"]).encode()
+        with self._lock:
+            truncated = self._truncated_results > 0
+            self._truncated_results -= truncated
+        if truncated:
+            lines = lines[: len(lines) // 2]  # a complete HTTP body whose last JSON line is cut
+        self._send(h, 200, lines, content_type="application/binary")
 
 
 def request_key(headers: dict) -> str | None:

@@ -235,3 +235,279 @@ def test_connection_errors_are_retried_then_counted(tmp_path):
     [result] = client.run_requests(reqs(1))
     assert result.error == "llm_api_connection_error"
     assert client.usage.retries == 2 and client.usage.errors == {"llm_api_connection_error": 1}
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 13: transient failures are not verdicts; batches lose nothing; usage adds up; config ranges
+
+
+def cache_entries(out: Path) -> int:
+    return len(list((out / "api_cache").rglob("*.json"))) if (out / "api_cache").exists() else 0
+
+
+def test_transient_failures_are_flagged_and_sent_again_on_rerun(server, tmp_path):
+    server.fail_when(lambda body: user_text(body) in ("item 1", "item 3"), 529)
+    cfg = make_cfg(server, max_retries=1)
+    client = ApiClient(cfg, tmp_path)
+    results = client.run_requests(reqs(4))
+    assert [r.error for r in results] == [None, "llm_api_error_529", None, "llm_api_error_529"]
+    assert [r.transient for r in results] == [False, True, False, True]
+    assert cache_entries(tmp_path) == 2  # failures are never cached
+    server._persistent.clear()  # the API is back
+    n = len(server.message_requests)
+    again = ApiClient(cfg, tmp_path).run_requests(reqs(4))
+    assert [r.error for r in again] == [None] * 4
+    assert sorted(user_text(r.body) for r in server.message_requests[n:]) == ["item 1", "item 3"]
+
+
+def test_a_4xx_is_a_final_verdict_not_transient(server, tmp_path):
+    server.fail_next(400)
+    [result] = ApiClient(make_cfg(server, concurrency=1), tmp_path).run_requests(reqs(1))
+    assert result.error == "llm_api_error_400" and result.transient is False
+
+
+def test_connection_errors_are_transient(tmp_path):
+    with FakeMessagesServer() as dead:
+        url = dead.url
+    cfg = ApiConfig(model="claude-test", base_url=url, api_key_env=KEY_ENV, max_retries=0, timeout_s=5)
+    [result] = ApiClient(cfg, tmp_path).run_requests(reqs(1))
+    assert result.error == "llm_api_connection_error" and result.transient is True
+
+
+@pytest.mark.parametrize("kind,reason", [("truncated", "llm_api_connection_error"),
+                                         ("garbage", "llm_api_bad_response"),
+                                         ("not_a_message", "llm_api_bad_response")])
+def test_bodies_cut_short_or_unparseable_are_retried_like_a_5xx(server, tmp_path, kind, reason):
+    server.bad_body_next(2, kind)
+    client = ApiClient(make_cfg(server, concurrency=1), tmp_path)
+    [result] = client.run_requests(reqs(1))
+    assert result.error is None and result.response["content"][0]["name"] == "report_feedback"
+    assert len(server.message_requests) == 3 and client.usage.retries == 2
+    # out of retries: a transient failure, nothing cached, and a rerun asks again
+    server.bad_body_next(1, kind)
+    [failed] = ApiClient(make_cfg(server, max_retries=0), tmp_path).run_requests(reqs(1, prefix="other"))
+    assert failed.error == reason and failed.transient is True
+    assert cache_entries(tmp_path) == 1
+    [ok] = ApiClient(make_cfg(server), tmp_path).run_requests(reqs(1, prefix="other"))
+    assert ok.error is None and not ok.cached
+
+
+@pytest.mark.parametrize("key,value", [
+    ("max_retries", -1), ("timeout_s", 0.0), ("timeout_s", float("nan")), ("concurrency", 0),
+    ("retry_base_s", -0.5), ("retry_max_s", -1.0), ("max_tokens", 0), ("batch_poll_s", 0.0),
+    ("temperature", -0.1), ("price_input_per_mtok", -3.0), ("model", " "), ("base_url", "localhost:8080"),
+])
+def test_api_config_ranges_are_checked_naming_the_key(server, tmp_path, key, value):
+    from tripost.api import check_api_config
+
+    cfg = make_cfg(server, **{key: value})
+    with pytest.raises(TripostError, match=rf"'edit\.api\.{key}' must"):
+        check_api_config(cfg)
+    with pytest.raises(TripostError, match=rf"'edit\.api\.{key}'"):
+        ApiClient(cfg, tmp_path)  # checked where the values are used, too
+    assert not server.requests
+
+
+def test_check_api_config_accepts_the_defaults_and_edge_values(server):
+    from tripost.api import check_api_config
+
+    check_api_config(ApiConfig())
+    check_api_config(make_cfg(server, max_retries=0, retry_base_s=0.0, temperature=0.0, concurrency=1, max_tokens=1))
+
+
+# -- batch mode: nothing lost -------------------------------------------------------------------
+
+
+def once_for(texts):
+    """A predicate true the first time it sees a request for each of `texts` (then never)."""
+    seen = set()
+
+    def pred(params):
+        text = user_text(params)
+        if text in texts and text not in seen:
+            seen.add(text)
+            return True
+        return False
+
+    return pred
+
+
+def creates(server) -> list:
+    return [r for r in server.requests if r.path == "/v1/messages/batches" and r.method == "POST"]
+
+
+@pytest.mark.parametrize("kind", ["errored", "expired"])
+def test_errored_and_expired_batch_results_are_resubmitted(server, tmp_path, kind):
+    server.batch_fail_when(once_for({"item 1", "item 4"}), kind, "overloaded_error")
+    client = ApiClient(make_cfg(server, batch=True), tmp_path)
+    results = client.run_requests(reqs(6))
+    assert [r.error for r in results] == [None] * 6
+    made = creates(server)
+    assert [len(c.body["requests"]) for c in made] == [6, 2]  # a new batch of just the failed ones
+    assert sorted(user_text(q["params"]) for q in made[1].body["requests"]) == ["item 1", "item 4"]
+    assert client.usage.retries == 2 and client.usage.errors == {} and client.usage.sent == 6
+    assert cache_entries(tmp_path) == 6
+
+
+def test_batch_resubmission_is_bounded_and_left_transient_for_a_rerun(server, tmp_path):
+    server.batch_fail_when(lambda params: user_text(params) == "item 2", "errored", "api_error")
+    cfg = make_cfg(server, batch=True, max_retries=2)
+    client = ApiClient(cfg, tmp_path)
+    results = client.run_requests(reqs(3))
+    assert [r.error for r in results] == [None, None, "llm_batch_errored"]
+    assert results[2].transient is True and "api_error" in results[2].detail
+    assert [len(c.body["requests"]) for c in creates(server)] == [3, 1, 1]  # 1 + max_retries
+    assert client.usage.errors == {"llm_batch_errored": 1}
+    server._batch_faults.clear()
+    again = ApiClient(cfg, tmp_path).run_requests(reqs(3))
+    assert [r.error for r in again] == [None] * 3 and [r.cached for r in again] == [True, True, False]
+
+
+def test_a_batch_result_errored_as_invalid_request_is_final(server, tmp_path):
+    server.batch_fail_when(lambda params: user_text(params) == "item 0", "errored", "invalid_request_error")
+    results = ApiClient(make_cfg(server, batch=True), tmp_path).run_requests(reqs(2))
+    assert results[0].error == "llm_batch_errored" and results[0].transient is False
+    assert len(creates(server)) == 1
+
+
+def test_a_batch_results_download_cut_short_is_fetched_again(server, tmp_path):
+    server.batch_results_truncated_next(1)
+    client = ApiClient(make_cfg(server, batch=True), tmp_path)
+    results = client.run_requests(reqs(5))
+    assert [r.error for r in results] == [None] * 5
+    downloads = [r for r in server.requests if r.path.endswith("/results")]
+    assert len(downloads) == 2 and len(creates(server)) == 1 and client.usage.sent == 5
+
+
+HELD_CREATE_CLIENT = """
+import sys
+from tripost.api import ApiClient, ApiRequest
+from tripost.config import ApiConfig
+cfg = ApiConfig(model="claude-test", base_url=sys.argv[1], api_key_env="{env}", batch=True, batch_poll_s=0.05)
+reqs = [ApiRequest(system="shared few-shot prefix", user=f"item {{i}}") for i in range(4)]
+ApiClient(cfg, sys.argv[2]).run_requests(reqs)
+"""
+
+
+def batch_reqs(n: int) -> list[ApiRequest]:
+    return [ApiRequest(system="shared few-shot prefix", user=f"item {i}") for i in range(n)]
+
+
+def test_a_kill_between_creating_a_batch_and_saving_its_id_does_not_pay_twice(tmp_path):
+    # The server creates the batch but holds its reply; the client is SIGKILLed meanwhile, so
+    # only the intent record is on disk. The rerun finds the batch in the server's list.
+    with FakeMessagesServer() as server:
+        server.hold_batch_create()
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+        proc = subprocess.Popen([sys.executable, "-c", HELD_CREATE_CLIENT.format(env=KEY_ENV), server.url,
+                                 str(tmp_path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.time() + 60
+        while not server.batches and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert server.batches, proc.stderr.read().decode()[-2000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        server.release()
+        [entry] = json.loads((tmp_path / "api_batches.json").read_text())["batches"]
+        assert entry["id"] is None and entry["n"] == 4 and entry["intent"] and len(entry["custom_ids"]) == 4
+        cfg = ApiConfig(model="claude-test", base_url=server.url, api_key_env=KEY_ENV, batch=True, batch_poll_s=0.05)
+        results = ApiClient(cfg, tmp_path).run_requests(batch_reqs(4))
+        assert [r.error for r in results] == [None] * 4
+        assert len(creates(server)) == 1 and len(server.answered) == 4
+        [entry] = json.loads((tmp_path / "api_batches.json").read_text())["batches"]
+        assert entry["id"] == next(iter(server.batches)) and entry["recovered"] and entry["done"]
+
+
+def write_intent(tmp_path: Path, server, n: int) -> None:
+    """The state a run leaves when it is killed after saving the intent, before the create call."""
+    cfg = ApiConfig(model="claude-test", base_url=server.url, api_key_env=KEY_ENV)
+    keys = [cache_key(request_params(cfg, r)) for r in batch_reqs(n)]
+    state = {"batches": [{"id": None, "intent": "feedfacefeedface", "n": n, "created_after": time.time(),
+                          "custom_ids": {k: k for k in keys}, "done": False}]}
+    (tmp_path / "api_batches.json").write_text(json.dumps(state))
+
+
+def test_an_intent_whose_batch_was_never_created_is_submitted_once(server, tmp_path, capsys):
+    write_intent(tmp_path, server, 3)
+    # someone else's batch of the same size, made at the same time on the same key: looked at
+    # (its results do not match this intent's custom_ids), not adopted
+    ApiClient(make_cfg(server, batch=True), tmp_path / "other").run_requests(reqs(3))
+    results = ApiClient(make_cfg(server, batch=True), tmp_path).run_requests(batch_reqs(3))
+    assert [r.error for r in results] == [None] * 3
+    assert [len(c.body["requests"]) for c in creates(server)] == [3, 3]
+    assert len(server.answered) == 6
+    first = json.loads((tmp_path / "api_batches.json").read_text())["batches"][0]
+    assert first["done"] and not first["recovered"]
+
+
+def test_a_server_that_cannot_list_batches_resubmits_with_a_warning(server, tmp_path, capsys):
+    server.list_supported = False
+    write_intent(tmp_path, server, 2)
+    results = ApiClient(make_cfg(server, batch=True), tmp_path).run_requests(batch_reqs(2))
+    assert [r.error for r in results] == [None] * 2 and len(creates(server)) == 1
+    assert "cannot list batches" in capsys.readouterr().err
+
+
+# -- usage adds up across resumed runs -----------------------------------------------------------
+
+
+def test_usage_adds_up_across_runs_in_a_ledger(server, tmp_path):
+    cfg = make_cfg(server)
+    first = ApiClient(cfg, tmp_path)
+    first.run_requests(reqs(3))  # never closed: a killed run
+    second = ApiClient(cfg, tmp_path)
+    server.fail_next(529, n=1)
+    second.run_requests(reqs(5))
+    second.close()
+    usage = json.loads((tmp_path / "api_usage.json").read_text())
+    assert usage["sent"] == 2 and usage["cache_hits"] == 3 and usage["retries"] == 1
+    total = usage["cumulative"]
+    assert total["invocations"] == 2 and total["sent"] == 5 == len(server.answered)
+    assert total["retries"] == 1 and total["cost_usd"] == pytest.approx(first.usage.cost_usd + second.usage.cost_usd)
+    lines = [json.loads(line) for line in (tmp_path / "api_usage_ledger.log").read_text().splitlines()]
+    assert {line["invocation"] for line in lines} == {first.invocation, second.invocation}
+
+
+KILLED_CLIENT = """
+import sys
+from tripost.api import ApiClient, ApiRequest
+from tripost.config import ApiConfig
+cfg = ApiConfig(model="claude-test", base_url=sys.argv[1], api_key_env="{env}", concurrency=2)
+ApiClient(cfg, sys.argv[2]).run_requests([ApiRequest(system="p", user=f"item {{i}}") for i in range(8)])
+"""
+
+
+def test_a_killed_run_still_counts_in_the_cumulative_usage(tmp_path):
+    with FakeMessagesServer() as server:
+        server.hold_after(3)
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), **{KEY_ENV: SECRET})
+        proc = subprocess.Popen([sys.executable, "-c", KILLED_CLIENT.format(env=KEY_ENV), server.url, str(tmp_path)],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + 60
+        while (cache_entries(tmp_path) < 3 or len(server.message_requests) < 5) and time.time() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        server.release()
+        cfg = ApiConfig(model="claude-test", base_url=server.url, api_key_env=KEY_ENV, concurrency=2)
+        client = ApiClient(cfg, tmp_path)
+        client.run_requests([ApiRequest(system="p", user=f"item {i}") for i in range(8)])
+        client.close()
+        usage = json.loads((tmp_path / "api_usage.json").read_text())
+        assert usage["sent"] == 5 and usage["cumulative"]["sent"] == 8 == len(server.answered)
+        assert usage["cumulative"]["invocations"] == 2
+
+
+def test_the_key_never_reaches_state_ledger_usage_or_errors(server, tmp_path, capsys):
+    server.batch_fail_when(once_for({"item 0"}), "errored", "overloaded_error")
+    client = ApiClient(make_cfg(server, batch=True), tmp_path)
+    client.run_requests(reqs(3))
+    server.fail_next(529, n=10)
+    batchless = ApiClient(make_cfg(server, max_retries=1, concurrency=1), tmp_path)
+    failed = batchless.run_requests(reqs(1, prefix="down"))
+    client.close()
+    batchless.close()
+    for name in ("api_batches.json", "api_usage_ledger.log", "api_usage.json"):
+        assert (tmp_path / name).is_file(), name
+    assert SECRET not in all_files_text(tmp_path)
+    assert SECRET not in (failed[0].detail or "") and SECRET not in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""rollout.LlamaDecoder, the batched decode loop collect/evaluate use for a small Llama on the CPU:
+"""llama_cpu.LlamaDecoder, the batched decode loop collect/evaluate use for a small Llama on the CPU:
 its greedy output equals Hugging Face `model.generate` token for token (left padding, rows that stop
 at EOS and leave the batch, a cut at max_new_tokens), and generate_batch gives the same texts either way."""
 
@@ -9,7 +9,9 @@ import torch
 
 from tripost import steps
 from tripost.config import GenerationConfig
-from tripost.rollout import LlamaDecoder, _hf_generate, generate_batch, load_model
+from tripost.engine import _hf_generate, generate_batch, load_model
+from tripost.llama_cpu import LlamaDecoder
+from tripost.methods.tripost import FEEDBACK_PREFIX
 
 # Prompts of different lengths, so the batch is left-padded.
 QUESTIONS = ["((1 + 2) * 3) =", "((-7 + -189) - (4 * 5)) =", "(9 - 8) =", "((3 * -4) + (12 - -6) * (2 + 7)) ="]
@@ -78,11 +80,11 @@ def test_rows_that_stop_early_leave_the_batch_with_the_same_output(loaded):
 
 def test_generate_batch_texts_and_cuts_match_generate(loaded):
     model, tokenizer = loaded
-    prompts = [steps.prompt(q) for q in QUESTIONS] + [steps.prompt(QUESTIONS[0]) + "(1) Let's" + steps.FEEDBACK_PREFIX]
+    prompts = [steps.prompt(q) for q in QUESTIONS] + [steps.prompt(QUESTIONS[0]) + "(1) Let's" + FEEDBACK_PREFIX]
     gen = GenerationConfig(max_new_tokens=24)
     fast = generate_batch(model, tokenizer, prompts, gen)
     with torch.inference_mode():
-        new = _hf_generate(model, tokenizer, _encode(tokenizer, prompts), gen)
+        new = _hf_generate(model, tokenizer, _encode(tokenizer, prompts), gen, static_cache=True)
     texts = tokenizer.batch_decode(new, skip_special_tokens=True)
     assert [t for t, _ in fast] == [t[1:] if t.startswith(" ") else t.lstrip(" ") for t in texts]
     assert len(set(texts)) == len(texts)

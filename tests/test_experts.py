@@ -46,6 +46,8 @@ def test_every_failure_is_contained_and_later_requests_work(misbehaving):
     assert got["int"].error == "script_bad_return" and "int" in got["int"].detail
     assert got["none"].error == "script_no_feedback"
     assert got["print"] == Reply("ok: print (3)")  # print() in a script cannot corrupt the protocol
+    # A crash, timeout or bad answer on a request is a verdict on that input, not a transient failure.
+    assert not any(r.transient for r in replies)
     # Killed workers were replaced: the pool is whole and answers again.
     assert len(misbehaving.workers) == 2 and all(w.proc.poll() is None for w in misbehaving.workers)
     assert misbehaving.feedback_many([(EX, "again")]) == [Reply("ok: again (3)")]

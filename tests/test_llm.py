@@ -71,6 +71,7 @@ def test_malformed_tool_output_is_counted_not_raised(setup):
     ex = examples[0]
     [reply] = expert.feedback_many([(ex, golds[ex.question])])
     assert reply.text is None and reply.error == "llm_unparsable_feedback" and "tool input" in reply.detail
+    assert reply.transient is False  # a verdict on what the model wrote: final (and cached)
 
 
 def test_api_failures_become_reply_errors(setup):
@@ -78,6 +79,17 @@ def test_api_failures_become_reply_errors(setup):
     server.fail_when(lambda body: True, 529)
     replies = expert.feedback_many([(ex, golds[ex.question]) for ex in examples[:2]])
     assert [r.error for r in replies] == ["llm_api_error_529"] * 2
+    assert [r.transient for r in replies] == [True, True]  # the item is not done: a rerun asks again
+
+
+def test_a_body_cut_short_becomes_a_transient_reply_then_succeeds_on_rerun(setup):
+    expert, server, examples, golds = setup  # edit.api.max_retries=1: two tries
+    ex = examples[0]
+    server.bad_body_next(2, "garbage")
+    [reply] = expert.feedback_many([(ex, golds[ex.question])])
+    assert reply.error == "llm_api_bad_response" and reply.transient is True
+    [again] = expert.feedback_many([(ex, golds[ex.question])])
+    assert again.error is None and again.transient is False and steps.says_correct(again.text)
 
 
 def test_improvement_keeps_the_verified_prefix(setup):

@@ -7,6 +7,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tripost import steps
 from tripost.config import load_config
+from tripost.formats import prompt_format
+from tripost.methods.tripost import segments
 from tripost.model_init import init_model
 from tripost.tasks import get_task
 
@@ -21,7 +23,7 @@ def test_model_roundtrips_through_from_pretrained(tiny_model_dir, tiny_cfg):
     batch = tok(["Q: (1 + 2) =\nA: ", "Q: ((-4 - 5) * (7 + 8)) =\nA: (1) This equation"], return_tensors="pt", padding=True)
     assert (batch["input_ids"][0, 0] == tok.pad_token_id)  # shorter prompt padded on the left
     # Same weights and config from a second build with the same seed -> same logits.
-    again = init_model(tiny_cfg, tiny_model_dir.parent / "again")
+    again = init_model(tiny_cfg.init_model, get_task(tiny_cfg.task), tiny_model_dir.parent / "again")
     model2 = AutoModelForCausalLM.from_pretrained(again).eval()
     with torch.no_grad():
         a = model(**batch).logits
@@ -35,7 +37,9 @@ def test_tokenizer_roundtrips_rationales_and_feedback(tiny_model_dir, tiny_cfg):
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     task = get_task(tiny_cfg.task)
     # Test questions include unseen (deeper, longer) subtasks the tokenizer was not trained on.
-    texts = [steps.render_transcript(ex.question, task.gold_rationale(ex))[0] for ex in task.load("test")]
+    plain = prompt_format(False)
+    texts = ["".join(s.text for s in segments(plain, ex.question, task.gold_rationale(ex), None, None, 1.0))
+             for ex in task.load("test")]
     texts += [
         steps.feedback_correct(4),
         steps.feedback_wrong(2, "3", "(-7 + -189) = -186", "(-7 + -189) is not equal to -186"),

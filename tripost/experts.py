@@ -35,7 +35,23 @@ one line per request, in order, as soon as each is done. Answers arriving one by
 the parent tell which request hung or crashed: the first one without an answer. The rest of that
 chunk is resent to the replacement worker.
 
-Run a worker by hand (it reads requests on stdin):
+What a worker is, and is not, isolated from (docs/feedback_scripts.md says the same for users):
+  * it dies with the run: on Linux the kernel SIGKILLs it when the parent goes (PR_SET_PDEATHSIG,
+    set before the script is imported), whatever it is doing; elsewhere a watch thread notices
+    within a second. It writes nothing (no BrokenPipeError traceback) when the parent is gone.
+  * its own session and process group: Ctrl-C in the terminal reaches only the parent, which
+    ends the workers; a timeout kills the worker's whole group (what the script started).
+  * address space capped (RLIMIT_AS = edit.script_memory_mb), no core files (RLIMIT_CORE = 0),
+    stdin is /dev/null, only stdin/stdout/stderr inherited (the protocol pipes and the run's
+    stderr; close_fds), print() goes to stderr so it cannot corrupt the protocol.
+  * NOT isolated: it runs as the same user as the run, so it can signal or kill the parent
+    (os.kill(os.getppid(), ...)), read and write the user's files and use the network. Only a
+    different uid (or a container) prevents that; tripost does not switch users. Processes the
+    script starts itself are killed with the worker's group on a timeout or close, but not when
+    the parent is killed outright (the kernel signals the worker only).
+
+Run a worker by hand (it reads requests on stdin; the last argument, the parent's pid, may be
+left out):
     python -c "from tripost.experts import _worker_main; _worker_main()" my_feedback.py 1024
 """
 
@@ -61,9 +77,17 @@ from tripost.errors import TripostError
 class Reply:
     """One answer to a request (tripost/engine.py): `text`, or `error` (a drop reason). `detail`
     says more about an error (an exception message, file:line) and ends up in the dropped record.
-    `transient`: the error is not a verdict on the input (the API was unreachable); the item stays
-    pending and a rerun asks again. `truncated`: a model ran out of max_new_tokens. `author`: who
-    wrote the text ("model:learner", "script:x.py", "llm:<model>"), set by whoever answered."""
+    `truncated`: a model ran out of max_new_tokens. `author`: who wrote the text ("model:learner",
+    "script:x.py", "llm:<model>"), set by whoever answered.
+
+    `transient` is True when the error says nothing about the request, so the item is not done
+    and a rerun should ask again: the API was unreachable, or answered 408/429/5xx/529, timed
+    out or sent a body cut short or not a message, after all its retries (see
+    tripost.api.ApiResult), or a script request never reached a live worker. It is False for a
+    verdict on the request: what the model or the script answered (no tool call, unparseable
+    feedback, a wrong rationale, script_error, script_bad_return, ...), a 4xx other than
+    408/429, and a script worker that crashed, ran out of memory or timed out *on* this request
+    (the same input would do it again)."""
 
     text: str | None = None
     error: str | None = None
@@ -153,11 +177,13 @@ class _Worker:
         env["PYTHONPATH"] = os.pathsep.join([package_root] + [p for p in [env.get("PYTHONPATH")] if p])
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from tripost.experts import _worker_main; _worker_main()",
-             str(path), str(memory_mb)],
+             str(path), str(memory_mb), str(os.getpid())],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, env=env,
             # Its own session: Ctrl-C in the terminal reaches only the parent (which then closes the
-            # workers), and killing the group also ends anything the script started.
+            # workers), and killing the group also ends anything the script started. That it still
+            # dies with the parent is the worker's job (_die_with_parent).
             start_new_session=True,
+            close_fds=True,  # the default, stated: no descriptor of the run leaks into user code
         )
         self.fd = self.proc.stdout.fileno()
         os.set_blocking(self.fd, False)
@@ -351,8 +377,12 @@ class ScriptExpert(Expert):
                 chunk = queue.popleft()
                 try:
                     w.send(kind, [items[i] for i in chunk])
-                except OSError:  # the worker died while idle: blame the first request, go on
-                    replies[chunk[0]] = Reply(None, "script_crashed", w.exit_description())
+                except OSError:
+                    # The worker died while idle, before this request reached it: the request
+                    # is not to blame (transient), but something must stop a worker that dies
+                    # at once every time from looping: it is counted against the first request.
+                    replies[chunk[0]] = Reply(None, "script_crashed", w.exit_description() + " before the request",
+                                              transient=True)
                     if chunk[1:]:
                         queue.appendleft(chunk[1:])
                     w = self._replace(w)
@@ -407,7 +437,8 @@ class ScriptExpert(Expert):
                 w.kill()
                 self.workers.remove(w)
         # Left over only if every worker failed to restart.
-        return [r if r is not None else Reply(None, "script_crashed", "no worker could be started") for r in replies]
+        return [r if r is not None else Reply(None, "script_crashed", "no worker could be started", transient=True)
+                for r in replies]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -445,20 +476,45 @@ def _call(fn, kind: str, args: list, path: str) -> dict:
     return {"text": out}
 
 
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
 def _watch_parent(parent_pid: int) -> None:
-    """Exit when the parent is gone, even if the script hangs (a hung worker would otherwise
-    outlive a killed run)."""
+    """Exit when the parent is gone, even if the script hangs (where PR_SET_PDEATHSIG is not
+    available)."""
     while True:
         time.sleep(1.0)
         if os.getppid() != parent_pid:
             os._exit(0)
 
 
+def _die_with_parent(parent_pid: int) -> None:
+    """Make sure this worker does not outlive `parent_pid`, whatever it is doing when the parent
+    goes (importing the script, hanging in it, blocked in C code).
+
+    On Linux the kernel sends SIGKILL when the parent thread that started the worker ends. (So a
+    ScriptExpert must be used from a thread that lives as long as it does: the main thread, as
+    `tripost edit` does.) The check after prctl catches a parent that died before it took
+    effect. Elsewhere a watch thread polls once a second."""
+    linux = sys.platform.startswith("linux")
+    if linux:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os._exit(0)
+    if not linux:
+        import threading
+
+        threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+
+
 def _worker_main() -> None:
     import importlib.util
-    import threading
+    import resource
 
     path, memory_mb = sys.argv[1], int(sys.argv[2])
+    _die_with_parent(int(sys.argv[3]) if len(sys.argv) > 3 else os.getppid())
     # Keep private copies of the protocol pipes; the script's print() goes to stderr and its
     # stdin is empty, so nothing it does can corrupt the protocol.
     proto_in = os.fdopen(os.dup(0), "rb")
@@ -470,13 +526,17 @@ def _worker_main() -> None:
     sys.stdout = sys.stderr
 
     def send(msg: dict) -> None:
-        proto_out.write((json.dumps(msg) + "\n").encode())
-        proto_out.flush()
+        try:
+            proto_out.write((json.dumps(msg) + "\n").encode())
+            proto_out.flush()
+        except BrokenPipeError:
+            # The parent is gone (or closed us): nobody is left to answer, and a traceback here
+            # would land in the output of a run that has already ended.
+            os._exit(0)
 
-    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    # A crashing script leaves no core file behind per crash.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
     if memory_mb > 0:
-        import resource
-
         limit = memory_mb * 1024 * 1024
         _, hard = resource.getrlimit(resource.RLIMIT_AS)
         if hard != resource.RLIM_INFINITY:

@@ -200,14 +200,14 @@ class LlmExpert(Expert):
 
     def _ask(self, template: str, tool: dict, items: list[dict], desc: str) -> list[dict | None | Reply]:
         """One API request per item; returns the tool input dict (None if the reply has no such
-        call), or a Reply carrying the API error."""
+        call), or a Reply carrying the API error (and whether it is transient: see Reply)."""
         requests = []
         for item in items:
             system, user = self.templates.render(template, **item)
             requests.append(ApiRequest(system=system, user=user, tools=[tool], tool_choice=_force(tool)))
         results = self.client.run_requests(requests, desc=desc)
-        return [Reply(None, r.error, r.detail) if r.error else tool_input(r.response, tool["name"])
-                for r in results]
+        return [Reply(None, r.error, r.detail, transient=r.transient) if r.error
+                else tool_input(r.response, tool["name"]) for r in results]
 
     def feedback_many(self, requests: list[tuple[Example, str]]) -> list[Reply]:
         items = [{"question": ex.question, "answer": ex.answer, "attempt": attempt.strip()}
