@@ -45,7 +45,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import math
 import os
 import random
 import sys
@@ -54,7 +53,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tripost.config import ApiConfig
+from tripost.config import ApiConfig, check_api_config
 from tripost.errors import TripostError
 
 # Anthropic's pricing relative to the base input price (see docs/llm.md).
@@ -151,39 +150,6 @@ class _HousekeepingFailed(TripostError):
     def __init__(self, message: str, kind: str):
         super().__init__(message)
         self.kind = kind
-
-
-# ----------------------------------------------------------------------------------------------
-# Config checks
-
-
-def check_api_config(api_cfg: ApiConfig) -> None:
-    """Raise one TripostError naming the key (`edit.api.<key>`) for a value out of range.
-
-    Called by ApiClient (where the values are used) and by the config validation."""
-
-    def need(ok: bool, key: str, why: str) -> None:
-        if not ok:
-            raise TripostError(f"config: 'edit.api.{key}' {why}, got {getattr(api_cfg, key)!r}")
-
-    def finite(x: float) -> bool:
-        return not (math.isnan(x) or math.isinf(x))
-
-    need(bool(api_cfg.model.strip()), "model", "must name a model")
-    need(bool(api_cfg.api_key_env.strip()), "api_key_env", "must name an environment variable")
-    need(api_cfg.base_url is None or api_cfg.base_url.startswith(("http://", "https://")), "base_url",
-         "must be null or an http:// or https:// URL")
-    need(api_cfg.max_tokens >= 1, "max_tokens", "must be >= 1")
-    need(api_cfg.temperature is None or (finite(api_cfg.temperature) and api_cfg.temperature >= 0),
-         "temperature", "must be null or >= 0")
-    need(api_cfg.concurrency >= 1, "concurrency", "must be >= 1")
-    need(api_cfg.max_retries >= 0, "max_retries", "must be >= 0")
-    need(finite(api_cfg.retry_base_s) and api_cfg.retry_base_s >= 0, "retry_base_s", "must be >= 0 seconds")
-    need(finite(api_cfg.retry_max_s) and api_cfg.retry_max_s >= 0, "retry_max_s", "must be >= 0 seconds")
-    need(finite(api_cfg.timeout_s) and api_cfg.timeout_s > 0, "timeout_s", "must be > 0 seconds")
-    need(finite(api_cfg.batch_poll_s) and api_cfg.batch_poll_s > 0, "batch_poll_s", "must be > 0 seconds")
-    for key in ("price_input_per_mtok", "price_output_per_mtok"):
-        need(finite(getattr(api_cfg, key)) and getattr(api_cfg, key) >= 0, key, "must be >= 0")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -370,7 +336,7 @@ def _n_requests(counts) -> int:
 
 class ApiClient:
     def __init__(self, cfg: ApiConfig, out_dir: str | Path):
-        check_api_config(cfg)
+        check_api_config(cfg)  # where the values are used: also for configs built in code
         self.cfg = cfg
         self.out_dir = Path(out_dir)
         # Read here so a missing key fails before any work; kept only in memory.

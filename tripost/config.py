@@ -16,6 +16,7 @@ Rules (as in torchtune):
 from __future__ import annotations
 
 import dataclasses
+import math
 import difflib
 import types
 import typing
@@ -432,6 +433,35 @@ def load_config(path: str | Path | None = None, overrides=(), cls=Config, older:
     return cfg
 
 
+def check_api_config(api_cfg: ApiConfig) -> None:
+    """Raise one TripostError naming the key (`edit.api.<key>`) for a value out of range.
+
+    Called by `validate` and by ApiClient (where the values are used)."""
+
+    def need(ok: bool, key: str, why: str) -> None:
+        if not ok:
+            raise TripostError(f"config: 'edit.api.{key}' {why}, got {getattr(api_cfg, key)!r}")
+
+    def finite(x: float) -> bool:
+        return not (math.isnan(x) or math.isinf(x))
+
+    need(bool(api_cfg.model.strip()), "model", "must name a model")
+    need(bool(api_cfg.api_key_env.strip()), "api_key_env", "must name an environment variable")
+    need(api_cfg.base_url is None or api_cfg.base_url.startswith(("http://", "https://")), "base_url",
+         "must be null or an http:// or https:// URL")
+    need(api_cfg.max_tokens >= 1, "max_tokens", "must be >= 1")
+    need(api_cfg.temperature is None or (finite(api_cfg.temperature) and api_cfg.temperature >= 0),
+         "temperature", "must be null or >= 0")
+    need(api_cfg.concurrency >= 1, "concurrency", "must be >= 1")
+    need(api_cfg.max_retries >= 0, "max_retries", "must be >= 0")
+    need(finite(api_cfg.retry_base_s) and api_cfg.retry_base_s >= 0, "retry_base_s", "must be >= 0 seconds")
+    need(finite(api_cfg.retry_max_s) and api_cfg.retry_max_s >= 0, "retry_max_s", "must be >= 0 seconds")
+    need(finite(api_cfg.timeout_s) and api_cfg.timeout_s > 0, "timeout_s", "must be > 0 seconds")
+    need(finite(api_cfg.batch_poll_s) and api_cfg.batch_poll_s > 0, "batch_poll_s", "must be > 0 seconds")
+    for key in ("price_input_per_mtok", "price_output_per_mtok"):
+        need(finite(getattr(api_cfg, key)) and getattr(api_cfg, key) >= 0, key, "must be >= 0")
+
+
 METHOD_NAMES = ("tripost",)
 
 
@@ -485,6 +515,7 @@ def validate(cfg: Config) -> None:
     need(e.script_workers >= 1, "edit.script_workers", "must be >= 1")
     need(e.script_timeout_s > 0, "edit.script_timeout_s", "must be > 0")
     need(e.script_memory_mb >= 0, "edit.script_memory_mb", "must be >= 0 (0 = no limit)")
+    check_api_config(e.api)
     need(cfg.iterate.rounds >= 0, "iterate.rounds", "must be >= 0")
     need(cfg.iterate.warmup_epochs > 0, "iterate.warmup_epochs", "must be > 0")
 
