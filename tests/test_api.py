@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fake_messages_server import FakeMessagesServer, user_text
-from tripost.api import ApiClient, ApiRequest, ResponseCache, cache_key, request_params
+from tripost.experts.api import ApiClient, ApiRequest, ResponseCache, cache_key, request_params
 from tripost.config import ApiConfig
 from tripost.errors import TripostError
 
@@ -192,7 +192,7 @@ def test_batch_mode_uses_the_batches_api_and_the_cache(server, tmp_path):
 
 BATCH_CLIENT = """
 import sys
-from tripost.api import ApiClient, ApiRequest
+from tripost.experts.api import ApiClient, ApiRequest
 from tripost.config import ApiConfig
 cfg = ApiConfig(model="claude-test", base_url=sys.argv[1], api_key_env="{env}", batch=True, batch_poll_s=0.05)
 reqs = [ApiRequest(system="shared few-shot prefix", user=f"item {{i}}") for i in range(4)]
@@ -298,7 +298,7 @@ def test_bodies_cut_short_or_unparseable_are_retried_like_a_5xx(server, tmp_path
     ("temperature", -0.1), ("price_input_per_mtok", -3.0), ("model", " "), ("base_url", "localhost:8080"),
 ])
 def test_api_config_ranges_are_checked_naming_the_key(server, tmp_path, key, value):
-    from tripost.api import check_api_config
+    from tripost.experts.api import check_api_config
 
     cfg = make_cfg(server, **{key: value})
     with pytest.raises(TripostError, match=rf"'edit\.api\.{key}' must"):
@@ -309,7 +309,7 @@ def test_api_config_ranges_are_checked_naming_the_key(server, tmp_path, key, val
 
 
 def test_check_api_config_accepts_the_defaults_and_edge_values(server):
-    from tripost.api import check_api_config
+    from tripost.experts.api import check_api_config
 
     check_api_config(ApiConfig())
     check_api_config(make_cfg(server, max_retries=0, retry_base_s=0.0, temperature=0.0, concurrency=1, max_tokens=1))
@@ -381,7 +381,7 @@ def test_a_batch_results_download_cut_short_is_fetched_again(server, tmp_path):
 
 HELD_CREATE_CLIENT = """
 import sys
-from tripost.api import ApiClient, ApiRequest
+from tripost.experts.api import ApiClient, ApiRequest
 from tripost.config import ApiConfig
 cfg = ApiConfig(model="claude-test", base_url=sys.argv[1], api_key_env="{env}", batch=True, batch_poll_s=0.05)
 reqs = [ApiRequest(system="shared few-shot prefix", user=f"item {{i}}") for i in range(4)]
@@ -470,7 +470,7 @@ def test_usage_adds_up_across_runs_in_a_ledger(server, tmp_path):
 
 KILLED_CLIENT = """
 import sys
-from tripost.api import ApiClient, ApiRequest
+from tripost.experts.api import ApiClient, ApiRequest
 from tripost.config import ApiConfig
 cfg = ApiConfig(model="claude-test", base_url=sys.argv[1], api_key_env="{env}", concurrency=2)
 ApiClient(cfg, sys.argv[2]).run_requests([ApiRequest(system="p", user=f"item {{i}}") for i in range(8)])

@@ -1,4 +1,4 @@
-"""The edit rules (tripost/edit.py) with a tiny deterministic fake expert, and end to end with the
+"""The edit rules (tripost/methods/tripost.py, run by tripost/edit.py) with a tiny deterministic fake expert, and end to end with the
 real feedback scripts once they exist.
 
 The fake expert knows a gold attempt per question: its feedback names the first step that differs
@@ -15,12 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from tripost import records, steps
-from tripost.config import PROJECT_ROOT, load_config
-from tripost.edit import agrees, attempt_progress, edit, feedback_progress, format_summary
+from tripost import io, records, steps
+from tripost.config import PROJECT_ROOT, load_config, method_config
+from tripost.edit import edit as edit_stage
+from tripost.edit import format_summary
 from tripost.experts import Expert, Reply
-from tripost.records import Trajectory, Turn
+from tripost.methods.tripost import agrees, attempt_progress, feedback_progress, turns_of
+from tripost.records import Message, Trajectory
 from tripost.tasks.base import Task, make_example
+
+MODEL = "model:learner"  # the author of the model's own turns in an attempts file
 
 GOLD = """(1) This equation can be written as "A * B", where A = (2 + 3) and B = (4 * 2).
 (2) Let's calculate A = (2 + 3) = 5.
@@ -99,7 +103,7 @@ class Arith(Task):
 
 @pytest.fixture()
 def cfg():
-    return load_config(None, [("edit.max_improvements", 3), ("edit.batch_size", 4)])
+    return load_config(None, [("tripost.max_improvements", 3), ("edit.batch_size", 4)])
 
 
 @pytest.fixture()
@@ -113,18 +117,49 @@ def example(i: int = 0, answer: str = "40"):
 
 def attempts_file(tmp_path: Path, trajs: list[Trajectory]) -> Path:
     path = tmp_path / "attempts.jsonl"
-    records.write_jsonl(path, trajs)
+    io.write_jsonl(path, trajs)
     return path
 
 
 def model_traj(ex, *turns: tuple[str, str | None], round_: int = 1) -> Trajectory:
-    return ex.trajectory(turns=[Turn(a, "model", f, "model" if f is not None else None) for a, f in turns],
-                         provenance={"round": round_, "stage": "collect", "model": "m"})
+    """The model's trajectory as collect writes it: attempt, then updates, each with the model's
+    own feedback when it gave some."""
+    messages = []
+    for i, (attempt, feedback) in enumerate(turns):
+        messages.append(Message("learner", "attempt" if i == 0 else "update", attempt, MODEL, round=i))
+        if feedback is not None:
+            messages.append(Message("learner", "feedback", feedback, MODEL, round=i))
+    return Trajectory.of(ex, "tripost", messages=messages, status="kept", stage="collect", round=round_)
+
+
+def edit(cfg, attempts, out, task, expert: Expert | None = None) -> dict:
+    """The edit stage with `expert` for both feedback and improvement (None: the experts of cfg.edit)."""
+    experts = None if expert is None else {"feedback": expert, "improvement": expert}
+    return edit_stage(task, cfg.edit, cfg.method, method_config(cfg), attempts, out, experts=experts,
+                      progress=False)
+
+
+def outcome(t: Trajectory) -> str:
+    """What an edit made of a trajectory: dropped, correct (kept, right on the first attempt: a
+    terminal example) or improved (kept, with updates)."""
+    if t.status != "kept":
+        return t.status
+    return "correct" if len(turns_of(t)) == 1 else "improved"
+
+
+def outcomes(out: Path) -> dict:
+    """Outcome counts over an edit output directory."""
+    trajs = [t for name in ("trajectories.jsonl", "dropped.jsonl") if (out / name).exists()
+             for t in records.read_trajectories(out / name)]
+    return dict(Counter(outcome(t) for t in trajs))
+
+
+def model_turns_kept(t: Trajectory) -> int:
+    return sum(1 for x in turns_of(t) if x.attempt_by == MODEL)
 
 
 def run_one(tmp_path, cfg, task, traj, expert):
-    summary = edit(cfg, attempts_file(tmp_path, [traj]), tmp_path / "out", task=task,
-                   feedback_expert=expert, improvement_expert=expert, progress=False)
+    summary = edit(cfg, attempts_file(tmp_path, [traj]), tmp_path / "out", task, expert)
     kept = records.read_trajectories(tmp_path / "out/trajectories.jsonl")
     dropped = records.read_trajectories(tmp_path / "out/dropped.jsonl")
     return summary, (kept + dropped)[0]
@@ -160,24 +195,26 @@ def test_already_correct_first_attempt_is_one_turn(tmp_path, cfg, task):
     ex = example()
     expert = FakeExpert({ex.id: GOLD})
     summary, t = run_one(tmp_path, cfg, task, model_traj(ex, (GOLD, None)), expert)
-    assert t.outcome == "correct" and len(t.turns) == 1
-    assert t.turns[0].attempt == GOLD and t.turns[0].attempt_by == "model"
-    assert steps.says_correct(t.turns[0].feedback) and t.turns[0].feedback_by == "script:fake.py"
+    turns = turns_of(t)
+    assert outcome(t) == "correct" and t.correct and len(turns) == 1
+    assert turns[0].attempt == GOLD and turns[0].attempt_by == MODEL
+    assert steps.says_correct(turns[0].feedback) and turns[0].feedback_by == "script:fake.py"
     assert expert.calls == {"feedback": 1}
-    assert t.provenance["round"] == 1 and t.provenance["stage"] == "edit"
-    assert t.provenance["experts"]["feedback"]["fake"] is True
-    assert summary["outcomes"] == {"correct": 1} and summary["kept"] == 1
+    assert t.round == 1 and t.stage == "edit"
+    assert summary["experts"]["feedback"]["fake"] is True
+    assert outcomes(tmp_path / "out") == {"correct": 1} and summary["kept"] == 1 and summary["dropped"] == 0
 
 
 def test_fix_in_one_improvement(tmp_path, cfg, task):
     ex = example()
     expert = FakeExpert({ex.id: GOLD}, mode="fix_all")
     summary, t = run_one(tmp_path, cfg, task, model_traj(ex, (WRONG_B, None)), expert)
-    assert t.outcome == "improved"
-    assert [x.attempt_by for x in t.turns] == ["model", "script:fake.py"]
-    assert steps.parse_feedback(t.turns[0].feedback).wrong_step == "3"
-    assert t.turns[1].attempt == GOLD and steps.says_correct(t.turns[1].feedback)
-    assert t.provenance["improvements"] == 1 and t.provenance["edit_start"] == "disagreement"
+    turns = turns_of(t)
+    assert outcome(t) == "improved" and t.correct
+    assert [x.attempt_by for x in turns] == [MODEL, "script:fake.py"]
+    assert steps.parse_feedback(turns[0].feedback).wrong_step == "3"
+    assert turns[1].attempt == GOLD and steps.says_correct(turns[1].feedback)
+    assert t.calls == 1 and t.stop == "disagreement"
     assert expert.calls == {"feedback": 2, "improve": 1}
     assert summary["calls"] == {"feedback": 2, "improve": 1}
 
@@ -186,8 +223,9 @@ def test_step_by_step_fixes_make_progress(tmp_path, cfg, task):
     ex = example()
     _, t = run_one(tmp_path, cfg, task, model_traj(ex, (WRONG_B, None)), FakeExpert({ex.id: GOLD}, "fix_one"))
     # step 3, then step 4, then the final response: three improvements, each progress
-    assert t.outcome == "improved" and len(t.turns) == 4
-    assert [steps.parse_feedback(x.feedback).wrong_step for x in t.turns[:-1]] == ["3", "4", steps.FINAL]
+    turns = turns_of(t)
+    assert outcome(t) == "improved" and len(turns) == 4
+    assert [steps.parse_feedback(x.feedback).wrong_step for x in turns[:-1]] == ["3", "4", steps.FINAL]
 
 
 def test_no_progress_is_dropped(tmp_path, cfg, task):
@@ -196,14 +234,14 @@ def test_no_progress_is_dropped(tmp_path, cfg, task):
         out = tmp_path / mode
         out.mkdir()
         summary, t = run_one(out, cfg, task, model_traj(ex, (WRONG_B, None)), FakeExpert({ex.id: GOLD}, mode))
-        assert t.outcome == "dropped" and t.drop_reason == "no_progress", mode
+        assert t.status == "dropped" and t.drop_reason == "no_progress", mode
         assert summary["drop_reasons"] == {"no_progress": 1}
-        assert t.turns[-1].attempt_by == "script:fake.py"  # the rejected attempt is shown
+        assert turns_of(t)[-1].attempt_by == "script:fake.py"  # the rejected attempt is shown
 
 
 def test_exceeding_max_improvements(tmp_path, cfg, task):
     ex = example()
-    cfg.edit.max_improvements = 2  # fix_one needs 3 improvements here
+    cfg.tripost.max_improvements = 2  # fix_one needs 3 improvements here
     expert = FakeExpert({ex.id: GOLD}, "fix_one")
     summary, t = run_one(tmp_path, cfg, task, model_traj(ex, (WRONG_B, None)), expert)
     assert t.drop_reason == "not_fixed_within_limit" and expert.calls["improve"] == 2
@@ -225,11 +263,12 @@ def test_model_feedback_disagreement_is_where_editing_starts(tmp_path, cfg, task
                       (step3_fixed, None))  # the model's later turns are discarded
     expert = FakeExpert({ex.id: GOLD})
     _, t = run_one(tmp_path, cfg, task, traj, expert)
-    assert t.outcome == "improved"
-    assert [x.attempt_by for x in t.turns] == ["model", "model", "script:fake.py"]
-    assert all(x.feedback_by == "script:fake.py" for x in t.turns)
-    assert steps.parse_feedback(t.turns[1].feedback).wrong_step == "4"  # expert's, not the model's
-    assert t.provenance["edit_start"] == "disagreement" and t.provenance["model_turns_kept"] == 2
+    turns = turns_of(t)
+    assert outcome(t) == "improved"
+    assert [x.attempt_by for x in turns] == [MODEL, MODEL, "script:fake.py"]
+    assert all(x.feedback_by == "script:fake.py" for x in turns)
+    assert steps.parse_feedback(turns[1].feedback).wrong_step == "4"  # expert's, not the model's
+    assert t.stop == "disagreement" and model_turns_kept(t) == 2
     assert expert.calls == {"feedback": 3 + 1, "improve": 1}  # every model attempt was judged
 
 
@@ -239,8 +278,8 @@ def test_model_trajectory_that_agrees_throughout_needs_no_edit(tmp_path, cfg, ta
                       (GOLD, steps.feedback_correct(4)))
     expert = FakeExpert({ex.id: GOLD})
     _, t = run_one(tmp_path, cfg, task, traj, expert)
-    assert t.outcome == "improved" and [x.attempt_by for x in t.turns] == ["model", "model"]
-    assert t.provenance["edit_start"] == "expert_says_correct" and expert.calls["improve"] == 0
+    assert outcome(t) == "improved" and [x.attempt_by for x in turns_of(t)] == [MODEL, MODEL]
+    assert t.stop == "expert_says_correct" and expert.calls["improve"] == 0
 
 
 def test_missing_model_feedback_counts_as_disagreement(tmp_path, cfg, task):
@@ -248,8 +287,8 @@ def test_missing_model_feedback_counts_as_disagreement(tmp_path, cfg, task):
     traj = model_traj(ex, (WRONG_B, "I think it is fine"), (GOLD, None))
     _, t = run_one(tmp_path, cfg, task, traj, FakeExpert({ex.id: GOLD}))
     # the unparseable model feedback at turn 0 starts the edit; the model's own fix is not used
-    assert t.provenance["edit_start"] == "disagreement" and t.provenance["model_turns_kept"] == 1
-    assert [x.attempt_by for x in t.turns] == ["model", "script:fake.py"]
+    assert t.stop == "disagreement" and model_turns_kept(t) == 1
+    assert [x.attempt_by for x in turns_of(t)] == [MODEL, "script:fake.py"]
 
 
 def test_regression_truncates_before_it(tmp_path, cfg, task):
@@ -260,9 +299,9 @@ def test_regression_truncates_before_it(tmp_path, cfg, task):
     expert = FakeExpert({ex.id: GOLD})
     _, t = run_one(tmp_path, cfg, task, traj, expert)
     # truncated to (question, WRONG_B, expert feedback); the expert improves from there
-    assert t.provenance["edit_start"] == "model_regression"
-    assert [x.attempt for x in t.turns] == [WRONG_B, GOLD]
-    assert t.outcome == "improved"
+    assert t.stop == "model_regression"
+    assert [x.attempt for x in turns_of(t)] == [WRONG_B, GOLD]
+    assert outcome(t) == "improved"
 
 
 def test_expert_errors_become_drop_reasons(tmp_path, cfg, task):
@@ -277,12 +316,12 @@ def test_expert_errors_become_drop_reasons(tmp_path, cfg, task):
 
     expert = Flaky({e.id: GOLD for e in (ex1, ex2, ex3)})
     trajs = [model_traj(e, (WRONG_B, None)) for e in (ex1, ex2, ex3)]
-    summary = edit(cfg, attempts_file(tmp_path, trajs), tmp_path / "out", task=task,
-                   feedback_expert=expert, improvement_expert=expert, progress=False)
+    summary = edit(cfg, attempts_file(tmp_path, trajs), tmp_path / "out", task, expert)
     assert summary["drop_reasons"] == {"llm_refused": 1, "feedback_unparseable": 1}
-    assert summary["outcomes"] == {"dropped": 2, "improved": 1}
+    assert summary["kept"] == 1 and summary["dropped"] == 2 and summary["pending"] == 0
+    assert outcomes(tmp_path / "out") == {"dropped": 2, "improved": 1}
     dropped = {t.id: t for t in records.read_trajectories(tmp_path / "out/dropped.jsonl")}
-    assert dropped[ex1.id].provenance["drop_detail"] == "no"
+    assert dropped[ex1.id].detail == "no"
 
 
 def test_resume_does_not_redo_finished_ids(tmp_path, cfg, task):
@@ -299,28 +338,34 @@ def test_resume_does_not_redo_finished_ids(tmp_path, cfg, task):
 
     first = Interrupted(gold)
     with pytest.raises(KeyboardInterrupt):
-        edit(cfg, path, tmp_path / "out", task=task, feedback_expert=first, improvement_expert=first,
-             progress=False)
-    done = records.done_ids(tmp_path / "out/trajectories.jsonl")
+        edit(cfg, path, tmp_path / "out", task, first)
+    done = io.done_ids(tmp_path / "out/trajectories.jsonl")
     assert done == {e.id for e in exs[:4]}
 
     second = FakeExpert(gold)
-    summary = edit(cfg, path, tmp_path / "out", task=task, feedback_expert=second,
-                   improvement_expert=second, progress=False)
+    summary = edit(cfg, path, tmp_path / "out", task, second)
     assert set(second.seen_ids) == {e.id for e in exs[4:]}
     assert summary["skipped_already_done"] == 4 and summary["edited_this_run"] == 6
-    assert summary["kept"] == 10 and summary["outcomes"] == {"correct": 4, "improved": 6}
+    assert summary["kept"] == 10 and outcomes(tmp_path / "out") == {"correct": 4, "improved": 6}
     ids = [t.id for t in records.read_trajectories(tmp_path / "out/trajectories.jsonl")]
     assert sorted(ids) == sorted(e.id for e in exs)  # each exactly once
 
     third = FakeExpert(gold)  # nothing left: no expert calls at all
-    edit(cfg, path, tmp_path / "out", task=task, feedback_expert=third, improvement_expert=third, progress=False)
+    edit(cfg, path, tmp_path / "out", task, third)
     assert third.calls == {}
+    # The command on a finished output has nothing to do either; it writes the resolved config.
+    from tripost.cli import main
+
+    assert main(["edit", "--attempts", str(path), "--out", str(tmp_path / "out"), "edit.batch_size=4"]) == 0
     assert (tmp_path / "out/config.yaml").exists()
+    assert len(records.read_trajectories(tmp_path / "out/trajectories.jsonl")) == 10
+    # Which experts made the data (records carry no expert provenance) survives a rerun.
+    summary = json.loads((tmp_path / "out/summary.json").read_text())
+    assert summary["experts"]["feedback"]["fake"] is True and summary["kept"] == 10
 
 
 def test_trajectory_with_no_turns(tmp_path, cfg, task):
-    _, t = run_one(tmp_path, cfg, task, example().trajectory(), FakeExpert({}))
+    _, t = run_one(tmp_path, cfg, task, Trajectory.of(example(), "tripost", status="kept"), FakeExpert({}))
     assert t.drop_reason == "no_attempt"
 
 
@@ -336,16 +381,16 @@ def test_edit_with_misbehaving_scripts_counts_drop_reasons(tmp_path, cfg, task):
     path = attempts_file(tmp_path, [model_traj(e, (GOLD, None)) for e in exs])
     cfg.edit.script_timeout_s = 0.5
     cfg.edit.script_workers = 1
-    cfg.edit.max_improvements = 0
+    cfg.tripost.max_improvements = 0
     for name, reason in [("raises", "script_error"), ("hangs", "script_timeout"), ("exits", "script_crashed")]:
         cfg.edit.feedback = f"script:{SCRIPTS / name}.py"
         cfg.edit.improvement = f"script:{SCRIPTS}/good.py"
-        summary = edit(cfg, path, tmp_path / name, task=task, progress=False)
+        summary = edit(cfg, path, tmp_path / name, task)
         assert summary["drop_reasons"] == {reason: 3}, name
         assert summary["experts"]["feedback"]["script_sha256"]
     cfg.edit.feedback = f"script:{SCRIPTS}/good.py"
-    summary = edit(cfg, path, tmp_path / "good", task=task, progress=False)
-    assert summary["outcomes"] == {"correct": 3}
+    summary = edit(cfg, path, tmp_path / "good", task)
+    assert summary["kept"] == 3 and outcomes(tmp_path / "good") == {"correct": 3}
 
 
 def test_cli_edit_missing_script_is_an_error(tmp_path, capsys):
@@ -412,29 +457,31 @@ def test_end_to_end_with_the_real_scripts(tmp_path, task_name):
         gold = task.gold_rationale(ex)
         wrong = corrupt_one_number(gold, rng)
         if wrong is None or k % 5 == 4:  # some stay right: one-turn "correct" trajectories
-            trajs.append(ex.trajectory(turns=[Turn(gold, "model")]))
+            trajs.append(model_traj(ex, (gold, None), round_=0))
             continue
         wrong_ids.add(ex.id)
         n = sum(1 for st in steps.parse_steps(wrong) if st.label.isdigit())
-        turns = [Turn(wrong, "model")]
+        turns = [(wrong, None)]
         if k % 3 == 0:
-            turns = [Turn(wrong, "model", steps.feedback_correct(n), "model"), Turn(wrong, "model")]
-        trajs.append(ex.trajectory(turns=turns, provenance={"round": 2}))
+            turns = [(wrong, steps.feedback_correct(n)), (wrong, None)]
+        trajs.append(model_traj(ex, *turns, round_=2))
     assert len(wrong_ids) >= 25
-    summary = edit(cfg, attempts_file(tmp_path, trajs), tmp_path / "out", progress=False)
+    summary = edit(cfg, attempts_file(tmp_path, trajs), tmp_path / "out", task)
     assert summary["kept"] + summary["dropped"] == len(trajs)
-    assert summary["outcomes"].get("correct", 0) == len(trajs) - len(wrong_ids)
+    got = outcomes(tmp_path / "out")
+    assert got.get("correct", 0) == len(trajs) - len(wrong_ids)
     # the script finds the corrupted number and its improvement fixes it
-    assert summary["outcomes"].get("improved", 0) >= 0.9 * len(wrong_ids), summary
+    assert got.get("improved", 0) >= 0.9 * len(wrong_ids), summary
+    assert summary["experts"]["feedback"]["script_sha256"]
     for t in records.read_trajectories(tmp_path / "out/trajectories.jsonl"):
-        assert task.is_correct(t, t.turns[-1].attempt)
-        assert t.turns[0].attempt_by == "model"
-        assert all(x.attempt_by == f"script:{task_name}.py" for x in t.turns[1:])
-        assert all(x.feedback_by == f"script:{task_name}.py" for x in t.turns)
-        assert t.provenance["experts"]["feedback"]["script_sha256"]
+        turns = turns_of(t)
+        assert task.is_correct(t.example(), turns[-1].attempt) and t.correct
+        assert turns[0].attempt_by == MODEL
+        assert all(x.attempt_by == f"script:{task_name}.py" for x in turns[1:])
+        assert all(x.feedback_by == f"script:{task_name}.py" for x in turns)
         if t.id in wrong_ids:
-            assert t.provenance["round"] == 2 and t.provenance["model_turns_kept"] == 1
-            assert t.provenance["edit_start"] == "disagreement"
+            assert t.round == 2 and model_turns_kept(t) == 1
+            assert t.stop == "disagreement"
 
 
 def test_worked_example_in_docs_runs(tmp_path, monkeypatch, capsys):
@@ -462,17 +509,21 @@ def test_worked_example_in_docs_runs(tmp_path, monkeypatch, capsys):
     assert main(["edit", "--config", "sums.yaml", "--attempts", "attempts.jsonl", "--out", "edit"]) == 0
     out = capsys.readouterr().out
     summary = json.loads((tmp_path / "edit/summary.json").read_text())
-    assert summary["outcomes"] == {"correct": 7, "dropped": 1, "improved": 4}, out
+    assert summary["kept"] == 11 and summary["dropped"] == 1, out
+    assert outcomes(tmp_path / "edit") == {"correct": 7, "dropped": 1, "improved": 4}, out
     assert summary["drop_reasons"] == {"script_error": 1}
+    assert (tmp_path / "edit/config.yaml").is_file()
     assert "IndexError: list index out of range (sum_feedback.py:18)" in out
 
 
 def test_bad_edit_settings_are_user_errors(tmp_path, cfg, task):
     from tripost.errors import TripostError
 
-    cfg.edit.max_improvements = -1
-    with pytest.raises(TripostError, match="edit.max_improvements"):
-        edit(cfg, tmp_path / "missing.jsonl", tmp_path / "out", task=task)
-    cfg.edit.max_improvements = 1
+    # Range checks are the config's (validate), and the old key names the new one.
+    with pytest.raises(TripostError, match="tripost.max_improvements"):
+        load_config(None, [("tripost.max_improvements", -1)])
+    with pytest.raises(TripostError, match="'edit.max_improvements' is now 'tripost.max_improvements'"):
+        load_config(None, [("edit.max_improvements", 1)])
+    cfg.tripost.max_improvements = 1
     with pytest.raises(TripostError, match="missing.jsonl"):
-        edit(cfg, tmp_path / "missing.jsonl", tmp_path / "out", task=task)
+        edit(cfg, tmp_path / "missing.jsonl", tmp_path / "out", task)

@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 
 from fake_messages_server import FakeMessagesServer, gold_rule
-from tripost import records, steps
+from tripost import io, records, steps
 from tripost.config import load_config
-from tripost.records import Turn
+from tripost.methods.tripost import turns_of
+from tripost.records import Message, Trajectory
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY_ENV = "TRIPOST_TEST_API_KEY"
@@ -48,9 +49,10 @@ def data(tmp_path_factory):
             k = 1 + i % (len(st) - 2)
             st[k] = steps.Step(st[k].label, st[k].text[:-1] + "1.")
             attempt = steps.render_steps(st)
-        trajs.append(ex.trajectory(turns=[Turn(attempt, "model")]))
+        trajs.append(Trajectory.of(ex, "tripost", status="kept", stage="collect",
+                                   messages=[Message("learner", "attempt", attempt, "model:learner")]))
     path = tmp_path_factory.mktemp("attempts") / "attempts.jsonl"
-    records.write_jsonl(path, trajs)
+    io.write_jsonl(path, trajs)
     return path, golds
 
 
@@ -70,10 +72,18 @@ def run_edit(attempts, out, url, *extra):
     return proc
 
 
+def outcome(t: Trajectory) -> str:
+    """dropped, correct (kept, right on the first attempt) or improved (kept, with updates)."""
+    if t.status != "kept":
+        return t.status
+    return "correct" if len(turns_of(t)) == 1 else "improved"
+
+
 def trajectories(out: Path) -> dict:
     kept = records.read_trajectories(out / "trajectories.jsonl")
     dropped = records.read_trajectories(out / "dropped.jsonl") if (out / "dropped.jsonl").exists() else []
-    return {t.id: (t.outcome, t.drop_reason, [(u.attempt, u.attempt_by, u.feedback, u.feedback_by) for u in t.turns])
+    return {t.id: (outcome(t), t.drop_reason,
+                   [(u.attempt, u.attempt_by, u.feedback, u.feedback_by) for u in turns_of(t)])
             for t in kept + dropped}
 
 
@@ -138,7 +148,9 @@ def test_sigkill_mid_run_then_rerun_matches_and_pays_nothing_twice(data, referen
 
 
 def test_batch_mode_gives_the_same_trajectories(data, reference, tmp_path):
+    from tripost.config import method_config
     from tripost.edit import edit
+    from tripost.tasks import get_task
 
     attempts, golds = data
     _, want, ref_answered, _ = reference
@@ -147,7 +159,7 @@ def test_batch_mode_gives_the_same_trajectories(data, reference, tmp_path):
         with FakeMessagesServer(rule=gold_rule(golds)) as server:
             cfg = load_config(None, OVERRIDES + [f"edit.api.base_url={server.url}", "edit.api.batch=true",
                                                  "edit.api.batch_poll_s=0.01"])
-            edit(cfg, attempts, tmp_path, progress=False)
+            edit(get_task(cfg.task), cfg.edit, cfg.method, method_config(cfg), attempts, tmp_path, progress=False)
             assert not server.message_requests
             assert sorted(r.hash for r in server.answered) == sorted(ref_answered)
             assert len(server.batches) >= 2  # one per round of feedback / improvement requests

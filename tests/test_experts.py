@@ -26,7 +26,7 @@ def _cfg(**edit):
 
 @pytest.fixture(scope="module")
 def misbehaving():
-    expert = make_expert(f"script:{SCRIPTS}/misbehaving.py", _cfg())
+    expert = make_expert(f"script:{SCRIPTS}/misbehaving.py", _cfg().edit)
     yield expert
     expert.close()
 
@@ -80,7 +80,7 @@ def test_memory_limit_applies_to_the_worker():
 def test_improve_and_provenance():
     cfg = _cfg(script_workers=1)
     path = SCRIPTS / "good.py"
-    expert = make_expert(f"script:{path}", cfg, role="both")
+    expert = make_expert(f"script:{path}", cfg.edit, role="both")
     try:
         assert expert.name == "script:good.py"
         assert expert.provenance["script_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
@@ -103,17 +103,17 @@ def test_bad_scripts_are_user_errors_naming_the_path(tmp_path):
     cfg = _cfg(script_workers=1)
     missing = tmp_path / "no_such_script.py"
     with pytest.raises(TripostError, match=str(missing)):
-        make_expert(f"script:{missing}", cfg)
+        make_expert(f"script:{missing}", cfg.edit)
     with pytest.raises(TripostError, match=r"no_feedback\.py.*no `feedback"):
-        make_expert(f"script:{SCRIPTS}/no_feedback.py", cfg)
+        make_expert(f"script:{SCRIPTS}/no_feedback.py", cfg.edit)
     with pytest.raises(TripostError, match=r"broken_import\.py.*this_module_does_not_exist"):
-        make_expert(f"script:{SCRIPTS}/broken_import.py", cfg)
+        make_expert(f"script:{SCRIPTS}/broken_import.py", cfg.edit)
     with pytest.raises(TripostError, match=r"feedback_only\.py.*no `improve"):
-        make_expert(f"script:{SCRIPTS}/feedback_only.py", cfg, role="improvement")
+        make_expert(f"script:{SCRIPTS}/feedback_only.py", cfg.edit, role="improvement")
     with pytest.raises(TripostError, match="edit.feedback"):
-        make_expert("script:", cfg)
+        make_expert("script:", cfg.edit)
     # A script without `improve` is fine for feedback alone.
-    expert = make_expert(f"script:{SCRIPTS}/feedback_only.py", cfg)
+    expert = make_expert(f"script:{SCRIPTS}/feedback_only.py", cfg.edit)
     expert.close()
 
 
@@ -121,7 +121,7 @@ def test_builtin_scripts_resolve_from_the_project_root(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative to the project root, not the working directory
     if not (Path(__file__).resolve().parents[1] / "feedback_scripts/word_sorting.py").exists():
         pytest.skip("feedback_scripts/word_sorting.py not written yet")
-    expert = make_expert("script:feedback_scripts/word_sorting.py", _cfg(script_workers=1), role="both")
+    expert = make_expert("script:feedback_scripts/word_sorting.py", _cfg(script_workers=1).edit, role="both")
     try:
         assert expert.name == "script:word_sorting.py" and expert.has_improve
     finally:

@@ -15,8 +15,8 @@ from tripost import steps
 from tripost.config import PROJECT_ROOT, load_config
 from tripost.errors import TripostError
 from tripost.experts import Expert, Reply
-from tripost.llm import LlmExpert, feedback_from_tool, improvement_from_tool, normalize_label
-from tripost.templates import PromptTemplates
+from tripost.experts.llm import LlmExpert, feedback_from_tool, improvement_from_tool, normalize_label
+from tripost.experts.templates import PromptTemplates
 
 KEY_ENV = "TRIPOST_TEST_API_KEY"
 
@@ -36,8 +36,10 @@ def setup(monkeypatch, tmp_path, toy_examples, toy_task):
     with FakeMessagesServer(rule=gold_rule(golds)) as server:
         cfg = load_config(None, [("edit.api.base_url", server.url), ("edit.api.api_key_env", KEY_ENV),
                                  ("edit.api.model", "claude-test"), ("edit.api.retry_base_s", 0.01),
-                                 ("edit.api.max_retries", 1)])
-        expert = LlmExpert(cfg, toy_task, tmp_path)
+                                 ("edit.api.max_retries", 1),
+                                 # the toy task borrows the arithmetic prompts
+                                 ("edit.prompts_dir", str(PROJECT_ROOT / "prompts" / "multistep_arithmetic"))])
+        expert = LlmExpert(cfg.edit, toy_task, tmp_path)
         yield expert, server, toy_examples, golds
         expert.close()
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from tripost.errors import TripostError
-from tripost.templates import PromptTemplates
+from tripost.experts.templates import PromptTemplates
 
 
 def write(tmp_path, name: str, user: str, system: str = "instructions") -> None:

@@ -97,7 +97,7 @@ def test_busy_workers_die_with_the_parent_without_a_traceback(tmp_path):
 
 
 def test_a_worker_whose_answer_pipe_closed_exits_silently():
-    proc = subprocess.Popen([sys.executable, "-c", "from tripost.experts import _worker_main; _worker_main()",
+    proc = subprocess.Popen([sys.executable, "-c", "from tripost.experts.script import worker_main; worker_main()",
                              str(SCRIPTS / "good.py"), "0"], env=env(),
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert json.loads(proc.stdout.readline())["feedback"] is True

@@ -147,7 +147,7 @@ def _arm_process(out, task, process, method, method_cfg, chat_template, trajecto
 
 def expert_files(cfg: Config) -> list[Path]:
     """Feedback/improvement scripts, or the prompt templates for `llm`: what the edit stage runs."""
-    from tripost.templates import prompts_dir_for
+    from tripost.experts.templates import prompts_dir_for
 
     files: list[Path] = []
     for spec in (cfg.edit.feedback, cfg.edit.improvement):
@@ -166,7 +166,7 @@ def rationale_source(cfg: Config, task) -> tuple[dict, list[Path]]:
     """What stages that need gold rationales are given: nothing for a task with scripted ones;
     the `edit` section (its API settings) and prompts/<task>/rationale.j2 when an LLM writes them."""
     from tripost.process import llm_writes_rationales
-    from tripost.templates import prompts_dir_for
+    from tripost.experts.templates import prompts_dir_for
 
     if not llm_writes_rationales(task, cfg.edit):
         return {}, []
@@ -178,7 +178,7 @@ def partner_source(cfg: Config, m, mc) -> tuple[dict, dict, list[Path]]:
     """What rollout stages are given for the method's untrained answerers (partners): their specs and
     the edit section (script and API settings) as config, local partner models as inputs, partner
     scripts and templates as scripts."""
-    from tripost.templates import prompts_dir_for
+    from tripost.experts.templates import prompts_dir_for
 
     specs = m.partners(mc)
     if not specs:

@@ -51,7 +51,7 @@ def gold_rationales(task, experts: EditConfig | None, cache_dir: Path, drops: Co
         return [(ex, r) for ex in train if (r := task.gold_rationale(ex)) is not None]
     if not llm_writes_rationales(task, experts):
         return []
-    from tripost.llm import LlmExpert
+    from tripost.experts.llm import LlmExpert
 
     expert = LlmExpert(experts, task, cache_dir)
     try:

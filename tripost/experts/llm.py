@@ -32,11 +32,11 @@ import re
 from pathlib import Path
 
 from tripost import steps
-from tripost.api import ApiClient, ApiRequest
+from tripost.experts.api import ApiClient, ApiRequest
 from tripost.config import EditConfig
-from tripost.experts import Expert, Reply
+from tripost.experts.base import Expert, Reply
 from tripost.tasks.base import Example, Task
-from tripost.templates import PromptTemplates, prompts_dir_for
+from tripost.experts.templates import PromptTemplates, prompts_dir_for
 
 FEEDBACK_TOOL = {
     "name": "report_feedback",

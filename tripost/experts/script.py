@@ -1,63 +1,10 @@
-"""Experts: who writes the feedback and the improved attempts that `tripost edit` trains on.
+"""Feedback scripts (`script:PATH.py`): a user's plain Python file run in worker processes.
 
-Two kinds, chosen by a spec string in the config (`edit.feedback`, `edit.improvement`):
-
-    script:feedback_scripts/multistep_arithmetic.py   a plain Python file (ScriptExpert)
-    llm                                              an LLM behind an API (tripost.llm.LlmExpert)
-
-Every expert has the same small interface, and works on batches so that many requests share one
-round trip (a worker pipe, or a pool of concurrent API calls):
-
-    expert = make_expert("script:my_feedback.py", cfg.edit, task, out_dir)
-    replies = expert.feedback_many([(example, attempt), ...])          # -> [Reply]
-    replies = expert.improve_many([(example, attempt, feedback), ...])  # -> [Reply] (full new attempts)
-    expert.close()
-
-A `Reply` holds either the text or an error: a short drop reason such as "script_timeout", which
-`edit` writes into the dropped trajectory. An expert never raises because of one bad request.
-
-Feedback scripts (see docs/feedback_scripts.md) are user code, so they run in separate worker
-processes (`edit.script_workers` of them, long-lived, started with subprocess + pipes). Each
-worker caps its address space (`edit.script_memory_mb`), and each call gets `edit.script_timeout_s`
-seconds. What can go wrong, and the drop reason it becomes:
-
-    the function raises                 script_error          (detail: exception and file:line)
-    it needs more memory than allowed   script_out_of_memory
-    it runs past the timeout            script_timeout        (worker killed and replaced)
-    it exits or kills the process       script_crashed        (worker replaced)
-    it returns something not a str      script_bad_return
-    feedback() returns None             script_no_feedback
-
-Protocol between parent and worker (one JSON object per line, in both directions): the worker
-first sends {"feedback": bool, "improve": bool} (or {"error": ...} if the file would not load);
-then for each request line {"kind": "feedback"|"improve", "requests": [[args...], ...]} it answers
-one line per request, in order, as soon as each is done. Answers arriving one by one is what lets
-the parent tell which request hung or crashed: the first one without an answer. The rest of that
-chunk is resent to the replacement worker.
-
-What a worker is, and is not, isolated from (docs/feedback_scripts.md says the same for users):
-  * it dies with the run: on Linux the kernel SIGKILLs it when the parent goes (PR_SET_PDEATHSIG,
-    set before the script is imported), whatever it is doing; elsewhere a watch thread notices
-    within a second. It writes nothing (no BrokenPipeError traceback) when the parent is gone.
-  * its own session and process group: Ctrl-C in the terminal reaches only the parent, which
-    ends the workers; a timeout kills the worker's whole group (what the script started).
-  * address space capped (RLIMIT_AS = edit.script_memory_mb), no core files (RLIMIT_CORE = 0),
-    stdin is /dev/null, only stdin/stdout/stderr inherited (the protocol pipes and the run's
-    stderr; close_fds), print() goes to stderr so it cannot corrupt the protocol.
-  * NOT isolated: it runs as the same user as the run, so it can signal or kill the parent
-    (os.kill(os.getppid(), ...)), read and write the user's files and use the network. Only a
-    different uid (or a container) prevents that; tripost does not switch users. Processes the
-    script starts itself are killed with the worker's group on a timeout or close, but not when
-    the parent is killed outright (the kernel signals the worker only).
-
-Run a worker by hand (it reads requests on stdin; the last argument, the parent's pid, may be
-left out):
-    python -c "from tripost.experts import _worker_main; _worker_main()" my_feedback.py 1024
+See tripost/experts/__init__.py for what the worker isolation covers and the drop reasons.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import selectors
@@ -66,101 +13,11 @@ import subprocess
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 
-from tripost.config import resolve_path
 from tripost.errors import TripostError
-
-
-@dataclass
-class Reply:
-    """One answer to a request (tripost/engine.py): `text`, or `error` (a drop reason). `detail`
-    says more about an error (an exception message, file:line) and ends up in the dropped record.
-    `truncated`: a model ran out of max_new_tokens. `author`: who wrote the text ("model:learner",
-    "script:x.py", "llm:<model>"), set by whoever answered.
-
-    `transient` is True when the error says nothing about the request, so the item is not done
-    and a rerun should ask again: the API was unreachable, or answered 408/429/5xx/529, timed
-    out or sent a body cut short or not a message, after all its retries (see
-    tripost.api.ApiResult), or a script request never reached a live worker. It is False for a
-    verdict on the request: what the model or the script answered (no tool call, unparseable
-    feedback, a wrong rationale, script_error, script_bad_return, ...), a 4xx other than
-    408/429, and a script worker that crashed, ran out of memory or timed out *on* this request
-    (the same input would do it again)."""
-
-    text: str | None = None
-    error: str | None = None
-    detail: str | None = None
-    transient: bool = False
-    truncated: bool = False
-    author: str = ""
-
-
-class Expert:
-    """Base class: feedback and improvement for batches of requests.
-
-    `name` goes into Turn.feedback_by / Turn.attempt_by ("script:<file>", "llm:<model>").
-    `provenance` is copied into every edited trajectory (script hash, template hashes, model...).
-    """
-
-    name: str = "expert"
-    provenance: dict = {}
-
-    def feedback_many(self, requests: list[tuple]) -> list[Reply]:
-        """requests: [(example, attempt)] -> one Reply per request, text = feedback sentence."""
-        raise NotImplementedError
-
-    def improve_many(self, requests: list[tuple]) -> list[Reply]:
-        """requests: [(example, attempt, feedback)] -> one Reply per request, text = full new attempt."""
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-def example_dict(example) -> dict:
-    """What a feedback script receives as `example`: a plain dict (from an Example, a Trajectory
-    or a dict)."""
-    keys = ("id", "task", "question", "answer", "subtask", "seen")
-    if isinstance(example, dict):
-        return {k: example.get(k) for k in keys}
-    return {k: getattr(example, k, None) for k in keys}
-
-
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-# ----------------------------------------------------------------------------------------------
-# make_expert
-
-
-def make_expert(spec: str, edit_cfg, task=None, out_dir=None, role: str = "feedback") -> Expert:
-    """The expert a spec names. `role` is "feedback", "improvement" or "both"; a script used for
-    improvement must define `improve`. `edit_cfg` is the `edit` config section."""
-    key = "edit.improvement" if role == "improvement" else "edit.feedback"
-    if spec == "llm":
-        from tripost.llm import LlmExpert  # imported only when used: it pulls in the API client
-
-        return LlmExpert(edit_cfg, task, out_dir)
-    if spec.startswith("script:"):
-        raw = spec[len("script:"):].strip()
-        if not raw:
-            raise TripostError(f"config: '{key}' names no script file (use script:PATH.py)")
-        expert = ScriptExpert(resolve_path(raw), edit_cfg)
-        if role in ("improvement", "both") and not expert.has_improve:
-            expert.close()
-            raise TripostError(f"{expert.path}: feedback script has no `improve(example, attempt, feedback)` "
-                               f"function, but config 'edit.improvement' uses it")
-        return expert
-    raise TripostError(f"config: '{key}' must be 'llm' or 'script:PATH.py', got {spec!r}")
+from tripost.experts.base import Expert, Reply, example_dict
+from tripost.io import sha256_file
 
 
 # ----------------------------------------------------------------------------------------------
@@ -173,10 +30,10 @@ class _Worker:
     def __init__(self, path: Path, memory_mb: int):
         env = dict(os.environ)
         # The worker imports tripost from the same tree as this process, installed or not.
-        package_root = str(Path(__file__).resolve().parent.parent)
+        package_root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join([package_root] + [p for p in [env.get("PYTHONPATH")] if p])
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from tripost.experts import _worker_main; _worker_main()",
+            [sys.executable, "-c", "from tripost.experts.script import worker_main; worker_main()",
              str(path), str(memory_mb), str(os.getpid())],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, env=env,
             # Its own session: Ctrl-C in the terminal reaches only the parent (which then closes the
@@ -284,7 +141,7 @@ class ScriptExpert(Expert):
         if not self.path.is_file():
             raise TripostError(f"{self.path}: feedback script not found")
         self.name = f"script:{self.path.name}"
-        self.sha256 = file_sha256(self.path)
+        self.sha256 = sha256_file(self.path)
         self.provenance = {"script": str(self.path), "script_sha256": self.sha256}
         self.timeout_s = float(edit_cfg.script_timeout_s)
         self.memory_mb = int(edit_cfg.script_memory_mb)
@@ -509,7 +366,7 @@ def _die_with_parent(parent_pid: int) -> None:
         threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
 
 
-def _worker_main() -> None:
+def worker_main() -> None:
     import importlib.util
     import resource
 
