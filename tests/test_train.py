@@ -17,24 +17,35 @@ from pathlib import Path
 import pytest
 import torch
 
-from tripost import records, steps, train
+from tripost import steps, train
 from tripost.config import load_config
-from tripost.records import TrainingExample
+from tripost.errors import TripostError
+from tripost.formats import prompt_format
+from tripost.methods.tripost import segments
+from tripost.records import make_example, training_example
 
 ROOT = Path(__file__).resolve().parents[1]
+PLAIN = prompt_format(False)
 
 
-def _ex(question, attempt, feedback=None, update=None, kind="improvement"):
-    text, spans = steps.render_transcript(question, attempt, feedback, update)
-    return TrainingExample(id=records.content_id(text), kind=kind, text=text, spans=spans, source_id="x")
+def _ex(question, attempt, feedback=None, update=None, kind="improvement", w=1.5, fmt=PLAIN):
+    """A TriPosT training example as process builds it: question 0, attempt 1, feedback and update w."""
+    return training_example("tripost", "learner", kind, segments(fmt, question, attempt, feedback, update, w),
+                            make_example("t", question, ""), chat_template=fmt.chat_template)
 
 
-EX_A = _ex("((1 + 2) * 3) =", "(1) Let's calculate (1 + 2) = 4.\n(Final response) So the answer is 12.",
-           steps.feedback_wrong(0, "1", "(1 + 2) = 4", "(1 + 2) is not equal to 4"),
-           "(1) Let's calculate (1 + 2) = 3.\n(Final response) So the answer is 9.")
-EX_B = _ex("(4 - 6) =", "(1) Let's calculate (4 - 6) = -2.\n(Final response) So the answer is -2.",
-           steps.feedback_correct(1), kind="terminal")
-EX_C = _ex("(7 * 8) =", "(1) Let's calculate (7 * 8) = 56.\n(Final response) So the answer is 56.", kind="gold")
+def examples(w=1.5, fmt=PLAIN):
+    """An improvement, a terminal and a question -> attempt example."""
+    return (_ex("((1 + 2) * 3) =", "(1) Let's calculate (1 + 2) = 4.\n(Final response) So the answer is 12.",
+                steps.feedback_wrong(0, "1", "(1 + 2) = 4", "(1 + 2) is not equal to 4"),
+                "(1) Let's calculate (1 + 2) = 3.\n(Final response) So the answer is 9.", w=w, fmt=fmt),
+            _ex("(4 - 6) =", "(1) Let's calculate (4 - 6) = -2.\n(Final response) So the answer is -2.",
+                steps.feedback_correct(1), kind="terminal", w=w, fmt=fmt),
+            _ex("(7 * 8) =", "(1) Let's calculate (7 * 8) = 56.\n(Final response) So the answer is 56.",
+                kind="gold", w=w, fmt=fmt))
+
+
+EX_A, EX_B, EX_C = examples()
 
 
 @pytest.fixture(scope="module")
@@ -56,56 +67,69 @@ def _tc(**kw):
     return load_config(None, [(f"train.{k}", v) for k, v in kw.items()]).train
 
 
-def test_token_weights_follow_spans_and_eos_is_trained(tok):
-    tc = _tc(w=1.5, mask_question=True)
-    ids, w = train.encode_example(EX_A, tok, tc)
+def _bounds(example):
+    """(start, end, weight) of each segment in the example's text."""
+    out, at = [], 0
+    for seg in example.segments:
+        out.append((at, at + len(seg.text), seg.weight))
+        at += len(seg.text)
+    return out
+
+
+def test_token_weights_follow_segments_and_eos_is_trained(tok):
+    assert [s.weight for s in EX_A.segments] == [0.0, 1.0, 1.5, 1.5]  # question, attempt, feedback, update
+    ids, w = train.encode_example(EX_A, tok)
     enc = tok(EX_A.text, return_offsets_mapping=True)
-    roles = {"prompt": 0.0, "attempt": 1.0, "feedback": 1.5, "improvement": 1.5}
+    bounds = _bounds(EX_A)
     for t, (a, b) in enumerate(enc["offset_mapping"]):
         if a == b:
             assert w[t] == 0.0  # BOS
             continue
-        span = next(s for s in EX_A.spans if s.start <= b - 1 < s.end)  # the token's last char
-        assert w[t] == roles[span.role]
-    assert ids[-1] == tok.eos_token_id and w[-1] == 1.5  # EOS: weight of the improvement span
+        weight = next(wt for start, end, wt in bounds if start <= b - 1 < end)  # the token's last char
+        assert w[t] == weight
+    assert ids[-1] == tok.eos_token_id and w[-1] == 1.5  # EOS: weight of the update segment
     assert {0.0, 1.0, 1.5} == set(w)
     # The first answer token (often the prompt's trailing space merged with "(") is trained.
-    first_answer = next(t for t, (a, b) in enumerate(enc["offset_mapping"]) if b > EX_A.spans[0].end)
+    first_answer = next(t for t, (a, b) in enumerate(enc["offset_mapping"]) if b > bounds[0][1])
     assert w[first_answer] == 1.0
-    # mask_question=False trains the question too
-    _, w2 = train.encode_example(EX_A, tok, _tc(mask_question=False))
-    assert 0.0 not in w2[1:]
+    # The question is never trained: train.mask_question is gone, and saying so is an error.
+    with pytest.raises(TripostError, match="train.mask_question"):
+        _tc(mask_question=False)
 
 
-def test_chat_template_mode_maps_spans(tiny_model_dir):
+def test_chat_template_mode_maps_segments(tiny_model_dir):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
-    tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}")
-    tc = _tc(w=1.5, chat_template=True)
-    ids, w = train.encode_example(EX_A, tok, tc)
-    text, spans = train.chat_render(EX_A, tok)
+    tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
+                         "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+    fmt = prompt_format(True, tok)
+    chat_a = examples(fmt=fmt)[0]
+    assert chat_a.chat_template
+    text = chat_a.text
     assert text.startswith("<|user|>\n((1 + 2) * 3) =</s>\n<|assistant|>\n(1) Let's")
-    for sp in spans:  # every non-prompt span holds exactly the text of the original span
-        if sp.role != "prompt" and sp.end < len(text):
-            orig = next(o for o in EX_A.spans if o.role == sp.role)
-            assert text[sp.start:sp.end] == EX_A.text[orig.start:orig.end]
+    # Every segment after the question holds exactly the text of the plain one; the chat model
+    # also learns its end-of-turn text, with the weight of the update before it.
+    assert [s.text for s in chat_a.segments[1:4]] == [s.text for s in EX_A.segments[1:]]
+    assert chat_a.segments[-1].text == "</s>\n" and chat_a.segments[-1].weight == 1.5
+    ids, w = train.encode_example(chat_a, tok)
     enc = tok(text, return_offsets_mapping=True, add_special_tokens=False)
-    roles = {"prompt": 0.0, "attempt": 1.0, "feedback": 1.5, "improvement": 1.5}
+    assert ids == enc["input_ids"]  # the template's own special tokens: no BOS added, no EOS appended
+    bounds = _bounds(chat_a)
     for t, (a, b) in enumerate(enc["offset_mapping"]):
         if a == b:
             continue
-        span = next(sp for sp in spans if sp.start <= a < sp.end)
-        assert w[t] == roles[span.role]
+        weight = next(wt for start, end, wt in bounds if start <= b - 1 < end)
+        assert w[t] == weight
     assert w[-1] == 1.5 and 0.0 in w  # end-of-turn trained like the update; the question is not
 
 
 def test_weights_survive_truncation_and_packing(tok):
-    tc = _tc(w=2.0)
-    full_a = train.encode_example(EX_A, tok, tc)
-    cut = train.encode_example(EX_A, tok, _tc(w=2.0, max_length=20))
+    ex_a, ex_b, ex_c = examples(w=2.0)
+    full_a = train.encode_example(ex_a, tok)
+    cut = train.encode_example(ex_a, tok, max_length=20)
     assert cut == (full_a[0][:20], full_a[1][:20])
-    full_b, full_c = train.encode_example(EX_B, tok, tc), train.encode_example(EX_C, tok, tc)
+    full_b, full_c = train.encode_example(ex_b, tok), train.encode_example(ex_c, tok)
     rows = train.pack_rows([full_a, full_b, full_c], capacity=1000)
     assert len(rows) == 1
     batch = train.collate(rows, pad_id=tok.pad_token_id)
@@ -119,8 +143,7 @@ def test_weights_survive_truncation_and_packing(tok):
 
 
 def test_eos_trained_padding_not(tok):
-    tc = _tc()
-    a, b = train.encode_example(EX_A, tok, tc), train.encode_example(EX_C, tok, tc)
+    a, b = train.encode_example(EX_A, tok), train.encode_example(EX_C, tok)
     batch = train.collate([train.Row([a]), train.Row([b])], pad_id=tok.pad_token_id)
     nb = len(b[0])
     assert batch["targets"][1, nb - 2] == tok.eos_token_id and batch["weights"][1, nb - 2] == 1.0
@@ -132,8 +155,7 @@ def test_eos_trained_padding_not(tok):
 @pytest.mark.parametrize("normalizer", ["mask", "weight"])
 def test_weighted_loss_equals_hand_computation(tiny_model_dir, tok, normalizer):
     model = _model(tiny_model_dir)
-    tc = _tc(w=1.5, normalizer=normalizer)
-    enc = [train.encode_example(e, tok, tc) for e in (EX_A, EX_B)]
+    enc = [train.encode_example(e, tok) for e in (EX_A, EX_B)]
     rows = [train.Row([x]) for x in enc]
     batch = train.collate(rows, pad_id=tok.pad_token_id)
     with torch.no_grad():
@@ -152,7 +174,7 @@ def test_doubling_w_doubles_feedback_gradient_only(tiny_model_dir, tok):
 
     def grad(w, drop_feedback=False):
         model.zero_grad()
-        enc = [train.encode_example(e, tok, _tc(w=w)) for e in (EX_A, EX_B)]
+        enc = [train.encode_example(e, tok) for e in examples(w=w)[:2]]
         batch = train.collate([train.Row([x]) for x in enc], pad_id=tok.pad_token_id)
         if drop_feedback:  # only the first-attempt tokens (weight 1)
             batch["weights"] = torch.where(batch["weights"] == w, 0.0, batch["weights"])
@@ -171,8 +193,7 @@ def test_doubling_w_doubles_feedback_gradient_only(tiny_model_dir, tok):
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 def test_packed_equals_unpacked(tiny_model_dir, tok, attn):
     model = _model(tiny_model_dir, attn)
-    tc = _tc(w=1.5)
-    enc = [train.encode_example(e, tok, tc) for e in (EX_A, EX_B, EX_C)]
+    enc = [train.encode_example(e, tok) for e in (EX_A, EX_B, EX_C)]
 
     def per_example(batch, row_of_segment):
         ce = train.forward_losses(model, batch) * batch["weights"]
@@ -204,11 +225,12 @@ def test_checkpoint_without_marker_is_ignored(tmp_path):
 
 @pytest.fixture(scope="module")
 def examples_file(tmp_path_factory, tiny_cfg, tiny_model_dir):
-    from tripost.process import process
+    from tripost.process import rationale_sft
+    from tripost.tasks import get_task
 
     out = tmp_path_factory.mktemp("proc")
-    process(tiny_cfg, [], tiny_model_dir, out, gold_only=True)
-    return out / "examples.jsonl"
+    rationale_sft(get_task(tiny_cfg.task), tiny_cfg.process, False, tiny_model_dir, out, "base")
+    return out / "base.jsonl"
 
 
 def _env():
@@ -257,7 +279,7 @@ def test_zero2_two_ranks_over_gloo_loss_falls(tmp_path, examples_file, tiny_mode
     a, b = _weights(out / "model"), _weights(one / "model")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
-    assert json.loads((one / "train_stats.json").read_text())["tokens"] == stats["tokens"]
+    assert json.loads((one / "train_stats.json").read_text())["tokens_seen"] == stats["tokens_seen"]
 
 
 def test_kill_resume_matches_uninterrupted(tmp_path, examples_file, tiny_model_dir, tiny_cfg):
@@ -265,7 +287,7 @@ def test_kill_resume_matches_uninterrupted(tmp_path, examples_file, tiny_model_d
                  "train.save_every_steps=4", "train.keep_checkpoints=2", "train.learning_rate=0.001"]
     # Uninterrupted, through the Python API the iterate loop uses (a child process).
     cfg = load_config(None, overrides + [f"task.name={tiny_cfg.task.name}"])
-    ref = train.train(cfg, examples_file, tiny_model_dir, tmp_path / "ref")
+    ref = train.train(cfg.train, examples_file, tiny_model_dir, tmp_path / "ref")
     assert ref["steps"] == 20 and train.is_complete(tmp_path / "ref" / "model")
 
     out = tmp_path / "killed"
@@ -280,7 +302,7 @@ def test_kill_resume_matches_uninterrupted(tmp_path, examples_file, tiny_model_d
     assert not train.is_complete(out / "model"), "the run finished before the kill; make it longer"
     # A torn newer checkpoint (no marker) must be ignored on resume.
     (out / "checkpoints" / "step_00000019").mkdir()
-    resumed = train.train(cfg, examples_file, tiny_model_dir, out)
+    resumed = train.train(cfg.train, examples_file, tiny_model_dir, out)
     assert resumed["resumed_from_step"] > 0
     a, b = _weights(tmp_path / "ref" / "model"), _weights(out / "model")
     assert a.keys() == b.keys()

@@ -98,7 +98,7 @@ def edit(task, edit_cfg: EditConfig, method: str, method_cfg, attempts_path, out
                 answerers[role] = _Counting(ExpertAnswerer(expert), calls)
             episodes = [(t.id, m.edit(t, task, method_cfg)) for t in todo]
             counts = run_episodes(episodes, answerers, outputs, window=edit_cfg.batch_size, desc="edit",
-                                  progress=progress, in_order=True)
+                                  progress=progress)
         finally:
             if own:
                 for expert in {id(e): e for e in experts.values()}.values():
@@ -163,5 +163,3 @@ def main(args, cfg: Config) -> int:
         return 1
     return 0
 
-
-__all__ = ["edit", "make_experts", "summarize", "format_summary", "TripostError"]

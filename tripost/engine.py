@@ -41,12 +41,16 @@ class Request:
     kind    "generate" for a model; for an expert: "feedback" | "improve" | "remark" | "rationale"
     prompt  models: the text to continue
     args    experts: the arguments of the call, e.g. (example, attempt) for feedback
+    seed    models, when sampling: the request's own random stream, so what it samples does not
+            depend on the other requests of its batch (a resumed run samples what an uninterrupted
+            one does); episodes derive it from the question and the call
     """
 
     to: str
     kind: str
     prompt: str = ""
     args: tuple = ()
+    seed: int = 0  # sampling: this request's own random stream (with the generation seed)
 
 
 Episode = Generator[list[Request], list[Reply], object]
@@ -97,11 +101,13 @@ def load_model(model_dir):
 
 
 def generate_batch(model, tokenizer, prompts: list[str], gen: GenerationConfig, static_cache: bool = True,
-                   chat_template: bool = False) -> list[tuple[str, bool]]:
+                   chat_template: bool = False, seeds: list[int] | None = None) -> list[tuple[str, bool]]:
     """Continue each prompt (one padded batch, KV cache, stops at EOS). Returns, per prompt, the new
     text and whether it was cut off at max_new_tokens (no EOS). `static_cache`: let `generate` use a
     preallocated KV cache (faster on CPU; not every architecture has one). `chat_template`: the
-    prompts were rendered with it and carry their own special tokens (no BOS is added)."""
+    prompts were rendered with it and carry their own special tokens (no BOS is added). `seeds`: one
+    per prompt when sampling (our decode loop samples each row from its own stream; `generate`
+    cannot, so it is seeded once per batch from the first)."""
     import torch
 
     from tripost.llama_cpu import LlamaDecoder
@@ -115,8 +121,10 @@ def generate_batch(model, tokenizer, prompts: list[str], gen: GenerationConfig, 
         decoder = LlamaDecoder.for_model(model)
         if decoder is not None:
             new = decoder.generate(enc["input_ids"], enc["attention_mask"], gen, tokenizer.eos_token_id,
-                                   tokenizer.pad_token_id)
+                                   tokenizer.pad_token_id, seeds)
         else:
+            if gen.do_sample and seeds:
+                torch.manual_seed(seeds[0])
             new = _hf_generate(model, tokenizer, enc, gen, static_cache)
     texts = tokenizer.batch_decode(new, skip_special_tokens=True)
     texts = [_drop_prefix(t, p[len(tp):]) for t, p, tp in zip(texts, prompts, trimmed)]
@@ -171,6 +179,7 @@ class ModelAnswerer:
         from tripost.llama_cpu import is_small_cpu_model
 
         prompts = [r.prompt for r in requests]
+        seeds = [self.gen.seed * 1_000_003 + r.seed for r in requests]
         threads = torch.get_num_threads()
         if is_small_cpu_model(self.model):
             # A small model's matrices are too small to split across threads; extra threads only
@@ -179,12 +188,12 @@ class ModelAnswerer:
         try:
             try:
                 out = generate_batch(self.model, self.tokenizer, prompts, self.gen, self.static_cache,
-                                     self.chat_template)
+                                     self.chat_template, seeds)
             except (ValueError, NotImplementedError, TypeError):
                 if not self.static_cache:
                     raise
                 self.static_cache = False  # this architecture has no static cache
-                out = generate_batch(self.model, self.tokenizer, prompts, self.gen, False, self.chat_template)
+                out = generate_batch(self.model, self.tokenizer, prompts, self.gen, False, self.chat_template, seeds)
         finally:
             torch.set_num_threads(threads)
         return [Reply(text=text, truncated=cut, author=f"model:{self.name}") for text, cut in out]
@@ -224,11 +233,9 @@ class ExpertAnswerer:
 # The driver
 
 
-def drive(episodes: list[Episode], answerers: dict, window: int, in_order: bool = False) -> Iterator[list]:
-    """Run `episodes` in lock-step, `window` at a time; yield lists of finished records.
-
-    Records come as soon as the batch that finished them is done, or, with `in_order`, a window at a
-    time in the order of `episodes`."""
+def drive(episodes: list[Episode], answerers: dict, window: int) -> Iterator[list]:
+    """Run `episodes` in lock-step, `window` at a time; yield lists of finished records as soon as
+    the batch that finished them is done."""
     for w in range(0, len(episodes), window):
         chunk = episodes[w:w + window]
         waiting: dict[int, tuple[list[Request], list]] = {}  # episode -> (its requests, their replies)
@@ -272,7 +279,5 @@ def drive(episodes: list[Episode], answerers: dict, window: int, in_order: bool 
                         if i in waiting and all(r is not None for r in waiting[i][1]):
                             if advance(i, waiting.pop(i)[1]):
                                 finished.append(results[i])
-                    if finished and not in_order:
+                    if finished:
                         yield finished
-        if in_order:
-            yield [results[i] for i in range(len(chunk))]

@@ -78,10 +78,15 @@ class LlamaDecoder:
                             and gc.forced_bos_token_id is None and gc.forced_eos_token_id is None)
         return plain_config and plain_generation
 
-    def generate(self, input_ids, attention_mask, gen: GenerationConfig, eos: int, pad: int):
-        """The new tokens (rows, max_new_tokens), padded with `pad` after EOS."""
+    def generate(self, input_ids, attention_mask, gen: GenerationConfig, eos: int, pad: int,
+                 seeds: list[int] | None = None):
+        """The new tokens (rows, max_new_tokens), padded with `pad` after EOS. `seeds`: one per row
+        when sampling, so a row's sample does not depend on which other rows share its batch."""
         import torch
 
+        generators = None
+        if gen.do_sample and seeds is not None:
+            generators = [torch.Generator(device=input_ids.device).manual_seed(s) for s in seeds]
         rows, length = input_ids.shape
         size = length + gen.max_new_tokens
         dtype, device = self.embed.dtype, self.embed.device
@@ -101,7 +106,7 @@ class LlamaDecoder:
         for t in range(gen.max_new_tokens):
             if t < self.min_new_tokens:
                 logits[:, eos] = float("-inf")
-            token = self.pick(logits, gen)
+            token = self.pick(logits, gen, None if generators is None else [generators[i] for i in live.tolist()])
             out[live, t] = token
             if t == gen.max_new_tokens - 1:
                 break
@@ -118,8 +123,9 @@ class LlamaDecoder:
         return out
 
     @staticmethod
-    def pick(logits, gen: GenerationConfig):
-        """The next token of each row: argmax, or a sample with temperature and top_p."""
+    def pick(logits, gen: GenerationConfig, generators=None):
+        """The next token of each row: argmax, or a sample with temperature and top_p (from each
+        row's own generator when given)."""
         import torch
 
         if not gen.do_sample:
@@ -130,7 +136,10 @@ class LlamaDecoder:
             drop = sorted_logits.softmax(-1).cumsum(-1) <= 1 - gen.top_p
             drop[:, -1] = False  # always keep the most likely token
             logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-        return torch.multinomial(logits.softmax(-1), 1)[:, 0]
+        probs = logits.softmax(-1)
+        if generators is None:
+            return torch.multinomial(probs, 1)[:, 0]
+        return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators)])
 
     def forward(self, ids, positions, keys, values, start, mask, cos, sin):
         """Logits of the last position of `ids` (rows, n), whose keys and values are written to the

@@ -7,7 +7,8 @@ The method builds the examples and puts a weight on every segment (tripost/metho
 does what every method needs around that, in order, with the counts of each kind after each step in
 stats.json:
 
-  1. build: method.examples(kept trajectories, gold rationales, ...) -> examples, each naming its model;
+  1. build: method.examples(kept trajectories, gold rationales, ...) -> examples, each naming its
+     model, sorted by id (so nothing depends on the order of the records in the files);
   2. exact duplicates (same model, same text) are removed, the first one kept;
   3. examples longer than process.max_tokens tokens (as the trainer encodes them) are dropped;
   4. method.select(model, examples, ...) per model: e.g. TriPosT's rebalancing to a share p.
@@ -129,7 +130,10 @@ def process(task, process_cfg: ProcessConfig, method: str, method_cfg, chat_temp
     gold = gold_rationales(task, experts, out_dir, drops) if m.uses_gold(method_cfg) else []
     tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir is not None else None
     fmt = prompt_format(chat_template, tokenizer)
-    built = m.examples(trajs, gold, method_cfg, fmt)
+    # By id, so the result does not depend on the order records were written in (a resumed
+    # collect or edit writes them in another order than an uninterrupted one).
+    trajs.sort(key=lambda t: t.id)
+    built = sorted(m.examples(trajs, gold, method_cfg, fmt), key=lambda e: e.id)
     stats: dict = {"trajectories": len(trajs), "gold_rationales": len(gold), "models": {}}
     by_model: dict[str, list[TrainingExample]] = {}
     for model in m.models(method_cfg):
@@ -160,7 +164,7 @@ def rationale_sft(task, process_cfg: ProcessConfig, chat_template: bool, tokeniz
     for `model`: the warm-up ("base") and the baseline. Writes `<model>.jsonl` and stats.json."""
     out_dir = Path(out_dir)
     drops: Counter = Counter()
-    gold = gold_rationales(task, experts, out_dir, drops)
+    gold = sorted(gold_rationales(task, experts, out_dir, drops), key=lambda pair: pair[0].id)
     if not gold:
         raise TripostError(f"task '{task.name}' has no gold rationales (no scripted ones, and no LLM expert "
                            "configured to write them), so there is no rationale SFT data")

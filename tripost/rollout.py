@@ -34,7 +34,7 @@ def todo_examples(examples: list, outputs: dict[str, Path]) -> list:
 
 
 def run_episodes(todo: list, answerers: dict, outputs: dict[str, Path], window: int, desc: str,
-                 progress: bool = True, in_order: bool = False) -> Counter:
+                 progress: bool = True) -> Counter:
     """Drive the episodes of `todo` ([(id, episode)]) and append each record to outputs[status].
     Returns counts by status, of correct records, and by stop reason ("stop:<reason>")."""
     from tqdm import tqdm
@@ -44,7 +44,7 @@ def run_episodes(todo: list, answerers: dict, outputs: dict[str, Path], window: 
     with ExitStack() as stack:
         files = {status: stack.enter_context(JsonlAppender(path)) for status, path in outputs.items()}
         try:
-            for finished in drive([ep for _, ep in todo], answerers, window, in_order=in_order):
+            for finished in drive([ep for _, ep in todo], answerers, window):
                 for record in finished:
                     counts[record.status] += 1
                     counts["correct"] += record.correct

@@ -38,6 +38,7 @@ from tripost import steps
 from tripost.config import TripostConfig
 from tripost.engine import Request
 from tripost.formats import PromptFormat
+from tripost.io import content_id
 from tripost.records import Example, Message, Segment, TrainingExample, Trajectory, training_example
 
 NAME = "tripost"
@@ -215,13 +216,20 @@ def advance(state: State, generated: str, max_calls: int, truncated: bool = Fals
     return state
 
 
+def request_seed(*parts) -> int:
+    """A sampling seed derived from what a request is (its question, its call), not from when it
+    runs, so a resumed run samples what an uninterrupted one does."""
+    return int(content_id(*map(str, parts)), 16) % 2**31
+
+
 def rollout(example: Example, task, mc: TripostConfig, stage: str, fmt: PromptFormat):
     """The self-improvement episode of one question: the learner answers, then critiques and
     updates its latest answer until a stop rule fires (`advance`)."""
     max_calls = mc.collect_max_calls if stage == "collect" else mc.evaluate_max_calls
     state = State()
     while state.stop is None:
-        (reply,) = yield [Request(LEARNER, "generate", prompt=state.next_prompt(fmt, example.question))]
+        (reply,) = yield [Request(LEARNER, "generate", prompt=state.next_prompt(fmt, example.question),
+                                  seed=request_seed(example.id, state.calls))]
         advance(state, reply.text, max_calls, reply.truncated)
     return finish(example, task, state.turns, stage, status="kept", stop=state.stop, calls=state.calls)
 
