@@ -3,6 +3,7 @@ with the demo's scripted feedback."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -15,7 +16,8 @@ import pytest
 
 from conftest import TINY_RUN_OVERRIDES
 from tripost.cli import main as cli_main
-from tripost.inspection import Style, show_tokens
+from tripost.records import Message
+from tripost.tools.inspect import Style, show_tokens
 
 TINY = [*TINY_RUN_OVERRIDES, "train.log_every_steps=1"]
 
@@ -45,14 +47,18 @@ def test_inspect_trajectories_and_summary(run_dir, capsys):
     path = edit / ("trajectories.jsonl" if kept else "dropped.jsonl")
     code, out, _ = run_cli(capsys, "inspect", str(path), "--limit", "2")
     assert code == 0
-    assert "Q: " in out and "attempt 1 by model" in out
-    assert "feedback by script:multistep_arithmetic.py" in out
-    assert "outcome: " in out and "by outcome:" in out and "turns per trajectory:" in out
+    assert "Q: " in out and "learner attempt by model:learner" in out
+    assert "learner feedback by script:multistep_arithmetic.py" in out
+    assert "status: " in out and "by status:" in out and "messages per trajectory:" in out
     assert "\x1b[" not in out  # not a terminal: no colour codes
-    assert out.count("attempt 1 by") == min(2, kept or dropped)
+    assert out.count("learner attempt by") == min(2, kept or dropped)
 
     code, out, _ = run_cli(capsys, "inspect", str(run_dir / "round_1/collect/attempts.jsonl"), "--summary")
-    assert code == 0 and out.startswith("10 records") and "by outcome: incorrect: 10" in out
+    assert code == 0 and out.startswith("10 records")
+    assert "by status: kept: 10" in out and "correct: 0 of 10" in out
+    code, out, _ = run_cli(capsys, "inspect", str(run_dir / "round_1/collect/attempts.jsonl"), "--correct", "no",
+                           "--summary")
+    assert code == 0 and out.startswith("10 records")
 
     if dropped:
         reason = json.loads(open(edit / "dropped.jsonl").readline())["drop_reason"]
@@ -60,25 +66,33 @@ def test_inspect_trajectories_and_summary(run_dir, capsys):
         assert code == 0 and f"drop reason: {reason}" in out and f"by drop reason: {reason}" in out
 
 
-def test_inspect_examples_tokens(run_dir, capsys):
-    examples = run_dir / "round_1/process/examples.jsonl"
+def test_inspect_examples_tokens(run_dir, capsys, tmp_path):
+    examples = run_dir / "round_1/process/learner.jsonl"
     kinds = {json.loads(line)["kind"] for line in open(examples)}
     kind = "improvement" if "improvement" in kinds else sorted(kinds)[0]
     code, out, _ = run_cli(capsys, "inspect", str(examples), "--kind", kind, "--limit", "1", "--tokens",
-                           "--tokenizer", str(run_dir / "round_0/init_model"), "--w", "2.5")
+                           "--tokenizer", str(run_dir / "round_0/init_model"))
     assert code == 0
-    assert f"  {kind}  (from " in out and "[prompt]" in out and "by kind:" in out
-    # Plain mode brackets each token with its weight: the question 0, the attempt 1, feedback w.
+    assert f"  {kind}  trains learner  (from " in out and "[user w=0]" in out and "by kind:" in out
+    # Plain mode brackets each token with its weight: the question 0, the attempt 1, feedback w (1.5).
     weights = set(re.findall(r"\|(\d+(?:\.\d+)?)\]", out))
     assert {"0", "1"} <= weights
     if kind == "improvement":
-        assert "2.5" in weights
-    code, out, err = run_cli(capsys, "inspect", str(examples), "--tokens")
+        assert "1.5" in weights
+    # Without --tokenizer: the tokenizer of the run the file lies in.
+    code, out2, _ = run_cli(capsys, "inspect", str(examples), "--kind", kind, "--limit", "1", "--tokens")
+    assert code == 0 and set(re.findall(r"\|(\d+(?:\.\d+)?)\]", out2)) == weights
+    # A file outside a run directory needs --tokenizer.
+    shutil.copy(examples, tmp_path / "learner.jsonl")
+    code, out, err = run_cli(capsys, "inspect", str(tmp_path / "learner.jsonl"), "--tokens")
     assert code == 2 and "--tokenizer" in err
+    # A filter value the file does not have is an error that lists the values it does have.
+    code, out, err = run_cli(capsys, "inspect", str(examples), "--kind", "nosuch")
+    assert code == 2 and "nosuch" in err and repr(kind) in err
 
 
 def test_token_colours_on_a_terminal():
-    out = show_tokens(["Q: 1", " (1)", " Feedback"], [0.0, 1.0, 1.5], 1.5, Style(True))
+    out = show_tokens(["Q: 1", " (1)", " Feedback"], [0.0, 1.0, 1.5], Style(True))
     assert "\x1b[2mQ: 1\x1b[0m" in out  # weight 0: dim
     assert "\x1b[0m (1)\x1b[1m" in out  # weight 1: plain, no style of its own
     assert "\x1b[1m\x1b[35m Feedback\x1b[0m" in out  # weight w: bold magenta
@@ -97,10 +111,14 @@ def test_report_has_plots_and_escaped_trajectories(run_dir, tmp_path, capsys):
     # A record with markup in it must show as text, not become markup.
     path = copy / "round_1/edit/trajectories.jsonl"
     rec = json.loads((copy / "round_1/collect/attempts.jsonl").read_text().splitlines()[0])
-    rec.update(id="ffffffffffffffff", question="<script>alert(1)</script> & (1 + 2) =", outcome="correct")
-    rec["turns"] = [{"attempt": "(1) <b>bold?</b>\n(Final response) So the answer is 3.", "attempt_by": "model",
-                     "feedback": "Step (1) is correct. The final response is also correct.",
-                     "feedback_by": "script:multistep_arithmetic.py"}] * 3
+    rec.update(id="ffffffffffffffff", question="<script>alert(1)</script> & (1 + 2) =", status="kept",
+               correct=True, stage="edit")
+    attempt = "(1) <b>bold?</b>\n(Final response) So the answer is 3."
+    feedback = "Step (1) is correct. The final response is also correct."
+    rec["messages"] = [dataclasses.asdict(m) for k in range(3) for m in (
+        Message("learner", "attempt" if k == 0 else "update", attempt, "model:learner", round=k, answer="3",
+                correct=True),
+        Message("learner", "feedback", feedback, "script:multistep_arithmetic.py", round=k))]
     with path.open("a") as f:
         f.write(json.dumps(rec) + "\n")
     out = tmp_path / "report.html"
@@ -111,7 +129,7 @@ def test_report_has_plots_and_escaped_trajectories(run_dir, tmp_path, capsys):
     assert "training loss" in page and "accuracy per round" in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; (1 + 2) =" in page
     assert "<script>" not in page and "&lt;b&gt;bold?&lt;/b&gt;" in page
-    assert "Sample trajectories" in page and "attempt 1 by model" in page
+    assert "Sample trajectories" in page and "learner attempt by model:learner" in page
     assert "baseline" in page and "<table>" in page
     # Default location: inside the run directory.
     code, stdout, _ = run_cli(capsys, "report", str(copy))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tripost import manifest as mf
+from tripost import runner as mf
 from tripost.config import PROJECT_ROOT, load_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -69,10 +69,10 @@ def reference(tmp_path_factory, server):
 
 
 def stage_ids(run_dir: Path, overrides: list[str]) -> list[str]:
-    from tripost.iterate import Run, prepare
+    from tripost.iterate import plan, prepare
 
     cfg = prepare(load_config(PROJECT_ROOT / "configs/demo.yaml", overrides))
-    return [s.id for s in Run(cfg, run_dir=run_dir).stages]
+    return [s.id for s in plan(cfg, run_dir)]
 
 
 def artifact_hashes(run_dir: Path) -> dict[str, str]:
@@ -105,7 +105,7 @@ def test_tiny_run_finishes(reference):
     for sid in ids:
         m = mf.read_manifest(run_dir / sid)
         assert m is not None and m["status"] == "done", sid
-        assert m["timings"]["seconds"] >= 0 and m["fingerprint"]
+        assert m["timings"]["seconds"] >= 0 and m["fingerprint"] and m["layout"] == 2
     # The edit stage hashes its templates and reads its input; the API cache is inside the run.
     edit = mf.read_manifest(run_dir / "round_1/edit")
     assert "round_1/collect/attempts.jsonl" in edit["inputs"]
@@ -113,14 +113,17 @@ def test_tiny_run_finishes(reference):
     assert edit["counts"]["kept"] + edit["counts"]["dropped"] == 10
     assert hashes and any((run_dir / "api_cache").rglob("*.json"))
     summary = json.loads((run_dir / "summary.json").read_text())
-    methods = [(r["round"], r["method"]) for r in summary["rows"]]
-    assert methods == [(0, "warm-up"), (1, "tripost"), (1, "baseline")]
+    arms = [(r["round"], r["arm"]) for r in summary["rows"]]
+    assert arms == [(0, "warm-up"), (1, "tripost"), (1, "baseline")]
+    assert "round_1/train/learner" in ids and (run_dir / "round_1/train/learner/model").is_dir()
+    assert (run_dir / "round_0/warmup_process/base.jsonl").is_file()
+    assert (run_dir / "baseline/round_1/process/baseline.jsonl").is_file()
     tripost_row, baseline_row = summary["rows"][1], summary["rows"][2]
     # Equal compute: the baseline trained on as many tokens as TriPosT, to within one example.
-    assert tripost_row["tokens_trained"] > 0
+    assert tripost_row["tokens_seen"] > 0
     matched = mf.read_manifest(run_dir / "baseline/round_1/process")["counts"]["matched"]
-    assert matched["budget_tokens"] == tripost_row["tokens_trained"]
-    assert abs(baseline_row["tokens_trained"] - tripost_row["tokens_trained"]) < 600
+    assert matched["budget_tokens_seen"] == tripost_row["tokens_seen"]
+    assert abs(baseline_row["tokens_seen"] - tripost_row["tokens_seen"]) < 600
     assert 0.0 <= tripost_row["accuracy"] <= 1.0
     assert "acc seen" in stdout and "baseline" in stdout
 
@@ -142,11 +145,11 @@ def test_changed_config_refused_then_forced(reference, server, tmp_path):
     cwd = tmp_path
     shutil.copytree(run_dir0, cwd / "runs" / NAME)
     run_dir = cwd / "runs" / NAME
-    changed = [*TINY, *llm_overrides(server.url), "edit.max_improvements=2"]
+    changed = [*TINY, *llm_overrides(server.url), "tripost.max_improvements=2"]
     proc = subprocess.run(cli(cwd, *changed), cwd=cwd, env=env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "error: stage round_1/edit" in proc.stderr
-    assert "edit.max_improvements: 5 -> 2" in proc.stderr
+    assert "max_improvements: 5 -> 2" in proc.stderr
     assert "--force-from round_1/edit" in proc.stderr
     assert "Traceback" not in proc.stderr
 
@@ -163,7 +166,7 @@ def test_changed_config_refused_then_forced(reference, server, tmp_path):
     assert (run_dir / "round_1/edit.old-1/manifest.json").is_file()
     assert (run_dir / "baseline/round_1/evaluate.old-1").is_dir()
     assert not (run_dir / "round_1/collect.old-1").exists()
-    assert mf.read_manifest(run_dir / "round_1/edit")["config"]["edit"]["max_improvements"] == 2
+    assert mf.read_manifest(run_dir / "round_1/edit")["config"]["method_cfg"]["max_improvements"] == 2
     # Every request of the redone edit was answered before (the API cache is in the run dir, not
     # in the moved-aside stage directory): nothing is paid for again.
     assert server.answered[before:] == []
@@ -230,7 +233,7 @@ def test_sigkill_in_every_stage_then_rerun_gives_same_artifacts(reference, serve
     diffs = [k for k in want if got[k] != want[k]]
     assert not diffs, f"artifacts differ after kill+resume: {diffs} (kills in {kills})"
     # ... and the same weights, within float tolerance.
-    for model in ("round_1/train/model", "baseline/round_1/train/model"):
+    for model in ("round_1/train/learner/model", "baseline/round_1/train/model"):
         a, b = load_weights(run_dir / model), load_weights(ref_dir / model)
         assert a.keys() == b.keys()
         for k in a:

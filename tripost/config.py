@@ -164,6 +164,9 @@ class TrainConfig:
     keep_checkpoints: int = 2
     # Processes that train() starts (torchrun, one per GPU); 1 = a single process.
     nproc: int = 1
+    # How `iterate` runs a train stage: auto (in this process for nproc 1, else torchrun),
+    # inprocess, subprocess (a `tripost train` child) or torchrun.
+    launcher: str = "auto"
     log_every_steps: int = 10
     seed: int = 0
 
@@ -491,6 +494,8 @@ def validate(cfg: Config) -> None:
     need(tc.lr_schedule in ("cosine", "linear", "constant"), "train.lr_schedule",
          "must be cosine, linear or constant")
     need(tc.bf16 in ("auto", "true", "false"), "train.bf16", "must be auto, true or false")
+    need(tc.launcher in ("auto", "inprocess", "subprocess", "torchrun"), "train.launcher",
+         "must be auto, inprocess, subprocess or torchrun")
     for key in ("micro_batch_size", "gradient_accumulation_steps", "max_length", "nproc", "log_every_steps",
                 "keep_checkpoints"):
         need(getattr(tc, key) >= 1, f"train.{key}", "must be >= 1")

@@ -371,7 +371,7 @@ def _fingerprint(examples_path: Path, tc: TrainConfig) -> str:
     """What a checkpoint was made from: the examples and the settings that change the math (how
     often to save or log may differ on resume)."""
     math_keys = {k: v for k, v in to_dict(tc).items()
-                 if k not in ("save_every_steps", "keep_checkpoints", "log_every_steps")}
+                 if k not in ("save_every_steps", "keep_checkpoints", "log_every_steps", "launcher")}
     return io.sha256_json({"examples": io.sha256_file(examples_path), "train": math_keys})[:16]
 
 
@@ -569,17 +569,24 @@ def _die_with_parent() -> None:
 
 
 def train(tc: TrainConfig, examples_path, model_dir, out_dir) -> dict:
-    """Run `tripost train` in a child process (torchrun with train.nproc > 1) and return its stats.
-    Resumes an interrupted run in out_dir; returns at once when out_dir/model is complete."""
+    """Train and return the stats; resumes an interrupted run in out_dir and returns at once when
+    out_dir/model is complete. train.launcher: "inprocess" runs here (what "auto" does for one
+    process: no second start-up of torch, transformers and DeepSpeed per stage); "subprocess" a
+    `tripost train` child; "torchrun" train.nproc processes (what "auto" does for nproc > 1)."""
     out_dir = Path(out_dir)
     if is_complete(out_dir / "model") and (out_dir / "train_stats.json").is_file():
         return json.loads((out_dir / "train_stats.json").read_text())
+    launcher = tc.launcher if tc.launcher != "auto" else ("inprocess" if tc.nproc == 1 else "torchrun")
+    if launcher == "inprocess":
+        if tc.nproc != 1:
+            raise TripostError("config: train.launcher=inprocess runs one process; set train.nproc=1")
+        return run_training(tc, examples_path, model_dir, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = out_dir / "train_config.yaml"
     io.write_text(cfg_path, yaml.safe_dump({"train": to_dict(tc)}, sort_keys=False))
     args = ["-m", "tripost", "train", "--examples", str(examples_path), "--model", str(model_dir),
             "--out", str(out_dir), "--config", str(cfg_path)]
-    if tc.nproc > 1:
+    if launcher == "torchrun":
         args = ["-m", "torch.distributed.run", "--nproc_per_node", str(tc.nproc),
                 "--master_port", str(_free_port())] + args
     env = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
