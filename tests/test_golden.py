@@ -187,7 +187,7 @@ def encoded_examples(path: Path, tokenizer, cfg) -> list[tuple[list[int], list[f
 def model_texts(path: Path) -> list[tuple[str, list[str]]]:
     from tripost.records import read_trajectories
 
-    return [(t.id, [m.text for m in t.messages]) for t in read_trajectories(path)]
+    return [(t.id, [m.text for m in t.messages if m.author.startswith("model:")]) for t in read_trajectories(path)]
 
 
 METRIC_KEYS = ("n", "accuracy", "first_accuracy", "si_frequency", "si_contribution", "si_harm")

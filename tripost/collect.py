@@ -20,6 +20,13 @@ from tripost.experts import make_expert
 from tripost.rollout import run_episodes, todo_examples
 
 
+def partner_specs(method_module, method_cfg, stage: str, edit_cfg: EditConfig) -> dict[str, str]:
+    """The method's partners for `stage`, with "edit.feedback" resolved to the edit section's
+    feedback expert."""
+    return {name: edit_cfg.feedback if spec == "edit.feedback" else spec
+            for name, spec in method_module.partners(method_cfg, stage).items()}
+
+
 def partner_answerer(name: str, spec: str, gen: GenerationConfig, chat_template: bool, edit_cfg: EditConfig | None,
                      task, out_dir: Path):
     """An answerer that is not trained: "model:PATH" (a local model), "script:PATH.py" or "llm" (an
@@ -85,8 +92,9 @@ def main(args, cfg: Config) -> int:
     models = {name: check_model_dir(cfg.model) for name in get_method(cfg.method).models(method_config(cfg))}
     save_config(cfg, out.with_name(out.name + ".config.yaml"))
     mc = method_config(cfg)
+    partners = partner_specs(get_method(cfg.method), mc, "collect", cfg.edit)
     summary = collect(get_task(cfg.task), cfg.collect, cfg.method, mc, cfg.chat_template, models, out,
-                      split=args.split, partners=get_method(cfg.method).partners(mc), edit_cfg=cfg.edit)
+                      split=args.split, partners=partners, edit_cfg=cfg.edit)
     print(f"{summary['path']}: {summary['generated']} new attempts ({summary['skipped']} already there); "
           f"stops {summary['stops_this_run']}")
     return 0

@@ -187,6 +187,10 @@ class TripostConfig:
     # updates its own answers) and at test time (self-improvement).
     collect_max_calls: int = 3
     evaluate_max_calls: int = 3
+    # Who judges the model's own critiques at test time (critique accuracy: does its feedback on its
+    # first answer agree with this expert's?): "edit.feedback" (the edit section's feedback expert),
+    # another expert spec, or null (not measured).
+    judge: str | None = "edit.feedback"
 
 
 @dataclass
@@ -197,6 +201,16 @@ class IterateConfig:
     # Warm up the initial model on gold rationales ("ft rationale") before round 1.
     warmup: bool = True
     warmup_epochs: float = 3.0
+    # Train questions the warm-up sees (generated tasks can make more than the rounds' pool,
+    # task.max_train); the run's test questions are always left out. null = the rounds' pool.
+    warmup_questions: int | None = None
+    # Build the base model (init_model + warm-up) once in this directory, keyed by everything that
+    # makes it (task, tokenizer and model settings, warm-up data and training settings, code), and
+    # reuse it in every run and arm that asks for the same; null = build it inside the run.
+    base_cache: str | None = None
+    # Repeat the whole run with these seeds (model init, data order, sampling; the questions stay
+    # the same) under runs/<name>/seed_<s>/ and report mean and spread; [] = one run.
+    seeds: list[int] = field(default_factory=list)
     # Each round continues from the previous round's model (paper) or restarts from the base.
     continue_from_previous: bool = True
     # Train on this round's new data only (paper) or on all rounds so far.
@@ -523,6 +537,9 @@ def validate(cfg: Config) -> None:
     check_api_config(e.api)
     need(cfg.iterate.rounds >= 0, "iterate.rounds", "must be >= 0")
     need(cfg.iterate.warmup_epochs > 0, "iterate.warmup_epochs", "must be > 0")
+    need(cfg.iterate.warmup_questions is None or cfg.iterate.warmup_questions >= 1, "iterate.warmup_questions",
+         "must be >= 1 (or null)")
+    need(len(set(cfg.iterate.seeds)) == len(cfg.iterate.seeds), "iterate.seeds", "must not repeat a seed")
 
 
 def with_changes(section, **changes):

@@ -12,8 +12,10 @@ tripost.evaluate_max_calls calls (tripost/methods/tripost.py). Writes, in the ou
 Metrics (`compute_metrics`, a plain function over trajectories), for all questions and per group
 (seen, unseen, each subtask):
 
-    n, accuracy         final answer correct
+    n, accuracy         final answer correct; accuracy_ci its 95% Wilson interval
     first_accuracy      first answer correct
+    truncated           share of questions where the model ran out of max_new_tokens (a warning
+                        is printed above TRUNCATION_WARNING: the answers are cut off, not wrong)
     + the method's own  (TriPosT: si_frequency, si_contribution, si_harm, with
                         accuracy = first_accuracy + si_contribution - si_harm)
     stops               why the episodes ended, counted
@@ -21,6 +23,7 @@ Metrics (`compute_metrics`, a plain function over trajectories), for all questio
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -29,16 +32,22 @@ from tripost.config import Config, EditConfig, GenerationConfig, method_config
 from tripost.records import Trajectory, read_trajectories
 
 PREDICTIONS = "predictions.jsonl"
+TRUNCATION_WARNING = 0.1
 
 
 def _group(trajs: list[Trajectory], method_metrics) -> dict:
+    from tripost.stats import wilson_interval
+
     n = len(trajs)
 
     def share(k):
         return k / n if n else None
 
+    right = sum(t.correct for t in trajs)
     first_ok = sum(bool(t.messages) and bool(t.messages[0].correct) for t in trajs)
-    return {"n": n, "accuracy": share(sum(t.correct for t in trajs)), "first_accuracy": share(first_ok),
+    return {"n": n, "accuracy": share(right), "accuracy_ci": list(wilson_interval(right, n)),
+            "first_accuracy": share(first_ok),
+            "truncated": share(sum(any(m.truncated for m in t.messages) for t in trajs)),
             **method_metrics(trajs)}
 
 
@@ -56,6 +65,7 @@ def compute_metrics(trajs: list[Trajectory], method_metrics) -> dict:
 def format_table(metrics: dict) -> str:
     """Plain-text table: one row per group (total, seen, unseen, subtasks), aligned columns."""
     cols = [k for k, v in metrics.items() if k != "n" and isinstance(v, float)]
+    cols = [c for c in cols if all(isinstance(m.get(c), float) for m in [metrics["seen"], metrics["unseen"]] if m["n"])]
     heads = ["group", "n"] + cols
     rows = [("total", metrics), ("seen", metrics["seen"]), ("unseen", metrics["unseen"])]
     rows += [(f"subtask {s or '-'}", m) for s, m in metrics["subtasks"].items()]
@@ -87,10 +97,15 @@ def evaluate(task, gen: GenerationConfig, method: str, method_cfg, chat_template
     metrics = compute_metrics(trajs, get_method(method).group_metrics)
     metrics.update(split=split, task=task.name, models={k: str(v) for k, v in models.items()})
     io.write_json(out_dir / "metrics.json", metrics)
+    if metrics["truncated"] and metrics["truncated"] > TRUNCATION_WARNING:
+        print(f"WARNING: {metrics['truncated']:.0%} of the answers in {out_dir} were cut off at "
+              f"max_new_tokens={gen.max_new_tokens}; raise it (evaluate.max_new_tokens), or the accuracy "
+              "counts cut-off answers as wrong", file=sys.stderr)
     return metrics
 
 
 def main(args, cfg: Config) -> int:
+    from tripost.collect import partner_specs
     from tripost.config import save_config
     from tripost.engine import check_model_dir
     from tripost.methods import get_method
@@ -100,7 +115,8 @@ def main(args, cfg: Config) -> int:
     models = {name: check_model_dir(cfg.model) for name in get_method(cfg.method).models(mc)}
     save_config(cfg, Path(args.out) / "config.yaml")
     metrics = evaluate(get_task(cfg.task), cfg.evaluate, cfg.method, mc, cfg.chat_template, models, args.out,
-                       split=args.split, partners=get_method(cfg.method).partners(mc), edit_cfg=cfg.edit)
+                       split=args.split, partners=partner_specs(get_method(cfg.method), mc, "evaluate", cfg.edit),
+                       edit_cfg=cfg.edit)
     print(format_table(metrics))
     print(f"wrote {Path(args.out) / 'metrics.json'}")
     return 0

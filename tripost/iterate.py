@@ -31,10 +31,10 @@ from __future__ import annotations
 
 import copy
 import fcntl
-import random
 import sys
 from pathlib import Path
 
+import tripost
 from tripost import io
 from tripost.config import Config, method_config, resolve_path, save_config, with_changes
 from tripost.errors import TripostError
@@ -56,11 +56,14 @@ def _init_model(out, task, init_model):
     return {"model": str(out)}
 
 
-def _rationale_process(out, task, process, chat_template, model_name, tokenizer, experts=None):
+def _rationale_process(out, task, process, chat_template, model_name, tokenizer, experts=None, held_out_task=None):
+    """Rationale SFT data for the base model; with `held_out_task` (the warm-up draws on a larger
+    pool than the rounds), that task's test questions are left out."""
     from tripost.process import rationale_sft
     from tripost.tasks import get_task
 
-    return rationale_sft(get_task(task), process, chat_template, tokenizer, out, model_name, experts)
+    held_out = {ex.id for ex in get_task(held_out_task).load("test")} if held_out_task is not None else frozenset()
+    return rationale_sft(get_task(task), process, chat_template, tokenizer, out, model_name, experts, held_out)
 
 
 def _process(out, task, process, method, method_cfg, chat_template, trajectories, tokenizer, experts=None):
@@ -174,13 +177,14 @@ def rationale_source(cfg: Config, task) -> tuple[dict, list[Path]]:
     return {"experts": cfg.edit}, [template] if template.is_file() else []
 
 
-def partner_source(cfg: Config, m, mc) -> tuple[dict, dict, list[Path]]:
-    """What rollout stages are given for the method's untrained answerers (partners): their specs and
+def partner_source(cfg: Config, m, mc, stage: str) -> tuple[dict, dict, list[Path]]:
+    """What a rollout stage is given for the method's untrained answerers (partners): their specs and
     the edit section (script and API settings) as config, local partner models as inputs, partner
     scripts and templates as scripts."""
+    from tripost.collect import partner_specs
     from tripost.experts.templates import prompts_dir_for
 
-    specs = m.partners(mc)
+    specs = partner_specs(m, mc, stage, cfg.edit)
     if not specs:
         return {}, {}, []
     models = {n: resolve_path(s[len("model:"):]) for n, s in specs.items() if s.startswith("model:")}
@@ -216,20 +220,31 @@ def plan(cfg: Config, run_dir: Path) -> list[Stage]:
         stages.append(Stage(sid, run_dir / sid, fn, config, inputs, values or {}, list(scripts)))
         return run_dir / sid
 
-    # Round 0: the base model, its warm-up and its evaluation.
+    # Round 0: the base model (built in the run, or found or built in the base cache), its evaluation.
+    base_stages: list[Stage] = []
+
+    def add_base(name: str, fn, config: dict, inputs: dict, scripts=()) -> Path:
+        base_stages.append(Stage(f"round_0/{name}", run_dir / "round_0" / name, fn, config, inputs, {}, list(scripts)))
+        return base_stages[-1].dir
+
     if cfg.model is None:
-        base = add("round_0/init_model", _init_model, {"task": cfg.task, "init_model": cfg.init_model}, {})
+        base = add_base("init_model", _init_model, {"task": cfg.task, "init_model": cfg.init_model}, {})
     else:
         base = resolve_path(cfg.model)
         if not base.exists():
             raise TripostError(f"config: 'model' directory not found: {cfg.model}")
     if it.warmup:
-        wp = add("round_0/warmup_process", _rationale_process,
-                 {"task": cfg.task, "process": cfg.process, "chat_template": cfg.chat_template,
-                  "model_name": "base", **rationales}, {"tokenizer": base}, scripts=rationale_scripts)
+        pool = cfg.task if it.warmup_questions is None else with_changes(cfg.task, max_train=it.warmup_questions)
+        held_out = {} if it.warmup_questions is None else {"held_out_task": cfg.task}
+        wp = add_base("warmup_process", _rationale_process,
+                      {"task": pool, "process": cfg.process, "chat_template": cfg.chat_template,
+                       "model_name": "base", **rationales, **held_out}, {"tokenizer": base}, scripts=rationale_scripts)
         warm = with_changes(cfg.train, epochs=it.warmup_epochs)
-        base = Later(add("round_0/warmup_train", _train, {"train": warm},
-                         {"examples": examples_file(wp, "base"), "model": base}))
+        base = Later(add_base("warmup_train", _train, {"train": warm},
+                              {"examples": examples_file(wp, "base"), "model": base}))
+    if it.base_cache is not None and base_stages:
+        base = _cached(base_stages, Path(it.base_cache).expanduser(), None if cfg.model is None else base, base)
+    stages.extend(base_stages)
 
     # Arms: the method itself ("" prefix), then its variants; each has its own models.
     arms = {"": mc}
@@ -244,7 +259,7 @@ def plan(cfg: Config, run_dir: Path) -> list[Stage]:
     trajectories: dict[str, list[Path]] = {arm: [] for arm in arms}
 
     def evaluate(sid, amc, arm_models):
-        partner_cfg, partner_inputs, partner_scripts = partner_source(cfg, m, amc)
+        partner_cfg, partner_inputs, partner_scripts = partner_source(cfg, m, amc, "evaluate")
         add(sid, _evaluate, {"task": cfg.task, "method": cfg.method, "method_cfg": amc,
                              "chat_template": cfg.chat_template, "evaluate": cfg.evaluate, **partner_cfg},
             {"models": dict(arm_models), **partner_inputs}, scripts=partner_scripts)
@@ -256,7 +271,7 @@ def plan(cfg: Config, run_dir: Path) -> list[Stage]:
         for arm, amc in arms.items():
             r = f"{arm}round_{k}"
             common = {"task": cfg.task, "method": cfg.method, "method_cfg": amc, "chat_template": cfg.chat_template}
-            partner_cfg, partner_inputs, partner_scripts = partner_source(cfg, m, amc)
+            partner_cfg, partner_inputs, partner_scripts = partner_source(cfg, m, amc, "collect")
             attempts = add(f"{r}/collect", _collect, {**common, "collect": cfg.collect, "round": k, **partner_cfg},
                            {"models": dict(models[arm]), **partner_inputs}, scripts=partner_scripts) / "attempts.jsonl"
             new = attempts
@@ -297,6 +312,49 @@ def plan(cfg: Config, run_dir: Path) -> list[Stage]:
                                        {"examples": examples_file(bp, "baseline"), "model": baseline_model}))
             evaluate(f"{b}/evaluate", mc, {name: baseline_model for name in names})
     return _legacy_layout(stages, run_dir)
+
+
+# The code that makes a base model: part of the base cache's key (a change rebuilds the base).
+BASE_CODE = ("model_init.py", "train.py", "process.py", "formats.py", "records.py", "steps.py", "arith.py",
+             "tasks", "methods/tripost.py")
+
+
+def base_key(base_stages: list[Stage], given_model: Path | None) -> str:
+    """What makes the base model: its stages' configs, the given model's content (when the run
+    starts from a model directory rather than init_model) and the code that builds it."""
+    from tripost.runner import config_view
+
+    root = Path(tripost.__file__).parent
+    code = {}
+    for name in BASE_CODE:
+        for f in sorted((root / name).rglob("*.py")) if (root / name).is_dir() else [root / name]:
+            code[str(f.relative_to(root))] = io.sha256_file(f)
+    return io.sha256_json({"stages": {s.id: {k: config_view(v) for k, v in s.config.items()} for s in base_stages},
+                           "given_model": io.sha256_path(given_model) if given_model is not None else None,
+                           "code": code, "version": tripost.__version__})[:16]
+
+
+def _cached(base_stages: list[Stage], cache: Path, given_model: Path | None, base):
+    """Move the base stages into cache/<key>/ (where another run may have built them already) and
+    return where the base model will be."""
+    key_dir = cache / base_key(base_stages, given_model)
+    old = {s.dir: key_dir / s.dir.name for s in base_stages}
+    for s in base_stages:
+        s.dir = old[s.dir]
+        s.id = f"base/{s.dir.name}"
+        s.lock = key_dir / ".lock"
+        s.inputs = {k: _moved(v, old) for k, v in s.inputs.items()}
+    return _moved(base, old)
+
+
+def _moved(x, old: dict):
+    if isinstance(x, Later):
+        return Later(old.get(x.train_dir, x.train_dir))
+    if isinstance(x, Path):
+        for a, b in old.items():
+            if x == a or a in x.parents:
+                return b / x.relative_to(a)
+    return x
 
 
 def tokens_seen(train_dirs) -> int:
@@ -380,10 +438,41 @@ def find(stages: list[Stage], name: str) -> int:
 
 
 def iterate(cfg: Config, force_from: str | None = None, echo: bool = True) -> dict:
-    """Run (or resume) every stage; return the summary."""
+    """Run (or resume) every stage; return the summary. With iterate.seeds, the whole run once per
+    seed (runs/<name>/seed_<s>/), then the mean and spread across seeds."""
+    from tripost.results import across_seeds, format_seeds
+
+    if not cfg.iterate.seeds:
+        return _iterate_one(cfg, force_from, echo)
+    summaries = []
+    for seed in cfg.iterate.seeds:
+        one = with_seed(cfg, seed)
+        if echo:
+            print(f"[iterate] seed {seed}: {Path(one.runs_dir) / one.name}", file=sys.stderr, flush=True)
+        summaries.append(_iterate_one(one, force_from, echo))
+    agg = across_seeds(summaries)
+    io.write_json(Path(cfg.runs_dir) / cfg.name / "seeds_summary.json", agg)
+    if echo:
+        print(f"\nacross {len(summaries)} seeds (mean ± sd [min, max]):\n" + format_seeds(agg))
+    return agg
+
+
+def with_seed(cfg: Config, seed: int) -> Config:
+    """The run of one seed: model init, data order, sampling and process seeds set; the task (its
+    questions and split) unchanged, so every seed is tested on the same questions."""
+    one = copy.deepcopy(cfg)
+    one.runs_dir, one.name = str(Path(cfg.runs_dir) / cfg.name), f"seed_{seed}"
+    one.init_model.seed = one.train.seed = one.process.seed = one.collect.seed = one.evaluate.seed = seed
+    one.iterate.seeds = []
+    return one
+
+
+def _iterate_one(cfg: Config, force_from: str | None, echo: bool) -> dict:
+    from tripost.methods import get_method
     from tripost.results import format_table, write_summary
 
     cfg = prepare(cfg)
+    labels = get_method(cfg.method).METRIC_LABELS
     run_dir = Path(cfg.runs_dir) / cfg.name
     run_dir.mkdir(parents=True, exist_ok=True)
     # One iterate per run directory at a time; the OS drops the lock if we are killed.
@@ -414,16 +503,18 @@ def iterate(cfg: Config, force_from: str | None = None, echo: bool = True) -> di
                           file=sys.stderr)
         save_config(cfg, run_dir / "config.yaml")
         for stage in stages:
+            if stage.id.startswith("base/") and is_done(stage.dir) and echo:
+                print(f"[iterate] {stage.id}: found in the base cache ({stage.dir})", file=sys.stderr)
             runner.run(stage)
             if stage.id.endswith("/evaluate"):
                 summary = write_summary(cfg, stages, run_dir)
                 round_over = stage.id.startswith("baseline/") or stage.id == "round_0/evaluate" \
                     or not cfg.iterate.baseline
                 if echo and round_over:
-                    print(format_table(summary) + "\n", file=sys.stderr, flush=True)
+                    print(format_table(summary, labels) + "\n", file=sys.stderr, flush=True)
         summary = write_summary(cfg, stages, run_dir)
         if echo:
-            print(format_table(summary))
+            print(format_table(summary, labels))
             print(f"summary: {run_dir / 'summary.json'}")
         return summary
     finally:

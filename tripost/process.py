@@ -159,12 +159,18 @@ def rationale_example(fmt, model: str, ex: Example, rationale: str) -> TrainingE
 
 
 def rationale_sft(task, process_cfg: ProcessConfig, chat_template: bool, tokenizer_dir, out_dir, model: str,
-                  experts: EditConfig | None = None) -> dict:
+                  experts: EditConfig | None = None, held_out: set[str] = frozenset()) -> dict:
     """One rationale example per train question with a gold rationale (deduped, length-limited),
-    for `model`: the warm-up ("base") and the baseline. Writes `<model>.jsonl` and stats.json."""
+    for `model`: the warm-up ("base") and the baseline. Questions whose id is in `held_out` (the
+    run's test questions, when the warm-up draws on a larger generated pool) are left out. Writes
+    `<model>.jsonl` and stats.json."""
     out_dir = Path(out_dir)
     drops: Counter = Counter()
     gold = sorted(gold_rationales(task, experts, out_dir, drops), key=lambda pair: pair[0].id)
+    kept = [(ex, r) for ex, r in gold if ex.id not in held_out]
+    if len(kept) < len(gold):
+        drops["held_out_test_question"] = len(gold) - len(kept)
+    gold = kept
     if not gold:
         raise TripostError(f"task '{task.name}' has no gold rationales (no scripted ones, and no LLM expert "
                            "configured to write them), so there is no rationale SFT data")

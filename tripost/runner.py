@@ -32,6 +32,7 @@ names translated by config.MOVED.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import sys
 import time
 from dataclasses import dataclass, field
@@ -86,6 +87,7 @@ class Stage:
     inputs: dict = field(default_factory=dict)
     values: dict = field(default_factory=dict)
     scripts: list = field(default_factory=list)
+    lock: Path | None = None  # held while it runs (a stage shared by runs: the base cache)
 
 
 def config_view(value):
@@ -214,6 +216,17 @@ class Runner:
 
     def run(self, stage: Stage) -> dict:
         """Run a stage unless it is done and unchanged; return its manifest."""
+        if stage.lock is None:
+            return self._run(stage)
+        stage.lock.parent.mkdir(parents=True, exist_ok=True)
+        with stage.lock.open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # another run building the same base: wait for it
+            try:
+                return self._run(stage)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _run(self, stage: Stage) -> dict:
         old = read_manifest(stage.dir)
         if old is not None and old.get("status") == "done":
             self.refuse_if_changed(stage)

@@ -16,7 +16,7 @@ The contract every method module implements (docs/methods.md), here for TriPosT:
 
     NAME, STAGES                        "tripost"; collect -> edit -> process -> train -> evaluate
     models(mc)                          ["learner"]: the one model trained each round
-    partners(mc)                        {}: no untrained answerers in rollouts
+    partners(mc, stage)                 at test time the judge of the model's own critiques
     rollout(example, task, mc, stage, fmt)   collect and evaluate: the self-improvement loop
     edit(traj, task, mc)                the edit walk with the feedback and improvement experts
     uses_gold(mc), examples(trajs, gold, mc, fmt), select(model, examples, mc, seed)
@@ -52,10 +52,10 @@ def models(mc: TripostConfig) -> list[str]:
     return [LEARNER]
 
 
-def partners(mc: TripostConfig) -> dict[str, str]:
-    """Answerers that take part in rollouts without being trained: none (TriPosT's experts work in
-    the edit stage, named by the edit section)."""
-    return {}
+def partners(mc: TripostConfig, stage: str) -> dict[str, str]:
+    """Answerers that take part in rollouts without being trained: at test time the judge of the
+    model's critiques (mc.judge); TriPosT's editing experts work in the edit stage."""
+    return {"judge": mc.judge} if stage == "evaluate" and mc.judge else {}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -115,6 +115,8 @@ def turns_of(traj: Trajectory) -> list[Turn]:
     """The trajectory's messages as turns: each attempt or update with the feedback after it."""
     turns: list[Turn] = []
     for m in traj.messages:
+        if m.speaker != LEARNER:  # e.g. the judge's verdict at test time
+            continue
         if m.kind in ("attempt", "update"):
             turns.append(Turn(m.text, m.author))
         elif m.kind == "feedback" and turns:
@@ -231,7 +233,14 @@ def rollout(example: Example, task, mc: TripostConfig, stage: str, fmt: PromptFo
         (reply,) = yield [Request(LEARNER, "generate", prompt=state.next_prompt(fmt, example.question),
                                   seed=request_seed(example.id, state.calls))]
         advance(state, reply.text, max_calls, reply.truncated)
-    return finish(example, task, state.turns, stage, status="kept", stop=state.stop, calls=state.calls)
+    traj = finish(example, task, state.turns, stage, status="kept", stop=state.stop, calls=state.calls)
+    first = state.turns[0]
+    if "judge" in partners(mc, stage) and first.feedback is not None:
+        # How good is the model's own critique? The judge's verdict on the same first attempt.
+        (verdict,) = yield [Request("judge", "feedback", args=(example, first.attempt))]
+        if verdict.text is not None:
+            traj.messages.append(Message("judge", "feedback", verdict.text, verdict.author, round=0))
+    return traj
 
 
 # ----------------------------------------------------------------------------------------------
@@ -478,17 +487,33 @@ def select(model: str, examples: list[TrainingExample], mc: TripostConfig,
 # Metrics (section 4): how the model uses its self-improvement at test time
 
 
+METRIC_LABELS = {"si_frequency": "SI freq", "si_contribution": "SI contrib", "si_harm": "SI harm",
+                 "critique_accuracy": "critique acc", "critique_verdict_accuracy": "critique right/wrong"}
+
+
 def group_metrics(trajs: list[Trajectory]) -> dict:
     """SI frequency (share of questions with at least one update), SI contribution (wrong first
     attempt, right in the end) and SI harm (right first attempt, wrong in the end), so that
-    accuracy = first_accuracy + si_contribution - si_harm."""
+    accuracy = first_accuracy + si_contribution - si_harm; and, where a judge read the model's own
+    feedback on its first attempt, critique accuracy (the judge agrees: both say right, or both
+    name the same first wrong step) and critique verdict accuracy (both say right, or both wrong),
+    over the questions the model critiqued."""
     n = len(trajs)
 
-    def share(k):
-        return k / n if n else None
+    def share(k, of=n):
+        return k / of if of else None
 
     updated = [t for t in trajs if any(m.kind == "update" for m in t.messages)]
     first_ok = {t.id: bool(t.messages) and bool(t.messages[0].correct) for t in trajs}
+    judged = []  # (the model's own feedback on its first attempt, parsed; its text; the judge's, parsed)
+    for t in trajs:
+        own = next((m.text for m in t.messages if m.kind == "feedback" and m.speaker == LEARNER and m.round == 0), None)
+        judge = steps.parse_feedback(next((m.text for m in t.messages if m.speaker == "judge"), None))
+        if own is not None and judge is not None:
+            judged.append((steps.parse_feedback(own), own, judge))
     return {"si_frequency": share(len(updated)),
             "si_contribution": share(sum(not first_ok[t.id] and t.correct for t in updated)),
-            "si_harm": share(sum(first_ok[t.id] and not t.correct for t in updated))}
+            "si_harm": share(sum(first_ok[t.id] and not t.correct for t in updated)),
+            "critique_accuracy": share(sum(agrees(text, judge) for _, text, judge in judged), len(judged)),
+            "critique_verdict_accuracy": share(sum(mine is not None and mine.correct == judge.correct
+                                                   for mine, _, judge in judged), len(judged))}
