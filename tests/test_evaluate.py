@@ -136,7 +136,7 @@ def test_rollout_batches_calls_across_questions(monkeypatch):
     monkeypatch.setattr(engine, "load_model", lambda model_dir: (torch.nn.Linear(1, 1), Tok()))
     monkeypatch.setattr(engine, "generate_batch", fake_generate)
     answerer = engine.ModelAnswerer("learner", None, GenerationConfig(batch_size=8))
-    mc = TripostConfig(evaluate_max_calls=3)
+    mc = TripostConfig(evaluate_max_calls=3, judge=None)  # no judge: only the learner answers
     episodes = [tp.rollout(ex, task, mc, "evaluate", answerer.format) for ex in examples]
     trajs = {t.id: t for batch in engine.drive(episodes, {"learner": answerer}, window=32) for t in batch}
     assert calls == [5, 4, 3]  # every level batched across the questions still active

@@ -61,8 +61,9 @@ PREDICTION_DIRS = {"warmup": "round_0/evaluate", "round_1": "round_1/evaluate",
 TOKENIZER = "round_0/init_model"
 
 # Recorded after the method seam (where the refactor alone reproduced the values recorded at 65ec9aa
-# exactly), then re-recorded once when `process` began sorting records by id so that results do not
-# depend on the order of lines in the files (the examples file order changes the training shuffle).
+# exactly), then re-recorded for two changes meant to change results: `process` sorts records by id
+# (results no longer depend on the order of lines in the files; the examples file order changes the
+# training shuffle), and `edit` drops attempts that were cut off or have no numbered step (issue 12).
 EXPECTED: dict = {
     "examples": {
         "warmup": {
@@ -70,18 +71,18 @@ EXPECTED: dict = {
             "sha": "4573f86ff8999fc6"
         },
         "round_1": {
-            "n": 84,
-            "sha": "1ef18537fb1d2040"
+            "n": 51,
+            "sha": "33931d475285fe2d"
         },
         "baseline_1": {
-            "n": 165,
-            "sha": "e0e1071e45d52bce"
+            "n": 84,
+            "sha": "26dc81f53e72dd54"
         }
     },
     "predictions": {
         "warmup": "4cb46aa39900291a",
-        "round_1": "7fc5ae35e07b0fb7",
-        "baseline_1": "a1b5074bc8dd1c44"
+        "round_1": "174f19cbab7b17fc",
+        "baseline_1": "8df169a2e46c8e2b"
     },
     "metrics": {
         "warmup": {
@@ -136,21 +137,20 @@ EXPECTED: dict = {
                 "si_harm": 0.0
             },
             "stops": {
-                "no_feedback": 4,
-                "truncated": 12
+                "truncated": 16
             }
         },
         "baseline_1": {
             "n": 16,
-            "accuracy": 0.0,
-            "first_accuracy": 0.0,
+            "accuracy": 0.0625,
+            "first_accuracy": 0.0625,
             "si_frequency": 0.0,
             "si_contribution": 0.0,
             "si_harm": 0.0,
             "seen": {
                 "n": 6,
-                "accuracy": 0.0,
-                "first_accuracy": 0.0,
+                "accuracy": 0.16666666666666666,
+                "first_accuracy": 0.16666666666666666,
                 "si_frequency": 0.0,
                 "si_contribution": 0.0,
                 "si_harm": 0.0
@@ -164,8 +164,7 @@ EXPECTED: dict = {
                 "si_harm": 0.0
             },
             "stops": {
-                "no_feedback": 14,
-                "truncated": 2
+                "no_feedback": 16
             }
         }
     }

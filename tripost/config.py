@@ -38,23 +38,43 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass
 class TaskConfig:
-    """Which task, where its data lives, how it is split."""
+    """Which task, where its data lives, how it is split and judged (docs/tasks.md)."""
 
+    # A built-in task, or the path of your own task file (my_task.py: plain functions, run in an
+    # isolated worker like feedback scripts).
     name: str = "multistep_arithmetic"
     # Directory with the BIG-bench task JSON files (word_sorting.json, ...). Not needed for
     # multistep_arithmetic (generated) or jsonl (uses `path`).
     data_dir: str | None = None
-    # jsonl task: the user's file and its field names.
+    # jsonl task: one file split into train and test (test_fraction), or separate train/test files.
     path: str | None = None
+    train_path: str | None = None
+    test_path: str | None = None
     question_field: str = "question"
     answer_field: str = "answer"
     subtask_field: str | None = None
-    # Deterministic train/test split (see docs/tasks.md).
+    # A field saying whether a question is from the training distribution (true / "seen") or a
+    # harder held-out one (false / "unseen": test only), so generalisation is measured on own data.
+    seen_field: str | None = None
+    # A field with a worked solution to train on (the warm-up, the baseline, gold examples): steps
+    # "(1) ..." as tripost writes them, or lines of text (each becomes a numbered step), e.g. the
+    # GSM8K `answer` with its solution before "#### 72" (give answer_field as rationale_field).
+    rationale_field: str | None = None
+    # How an answer is compared with the gold one: exact (text), numeric (as exact numbers:
+    # "1,000" == "1000.0"), set or list (items split by judge_separator, null = whitespace or commas).
+    # Text is compared ignoring case (unless judge_case_sensitive), runs of whitespace and a final period.
+    judge: str = "exact"
+    judge_separator: str | None = None
+    judge_case_sensitive: bool = False
+    # Deterministic train/test split (see docs/tasks.md): test_fraction of each subtask's seen
+    # questions are test (unseen ones always are); ignored with separate train/test files.
     seed: int = 0
     test_fraction: float = 0.2
     # Caps on split sizes (null = everything); generated tasks use them as their sizes.
     max_train: int | None = None
     max_test: int | None = None
+    # Your own settings for a task file (passed to its examples(task_config) as task_config["options"]).
+    options: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -429,8 +449,11 @@ def upgrade(data: dict) -> dict:
 
 def load_config(path: str | Path | None = None, overrides=(), cls=Config, older: bool = False):
     """Defaults <- YAML file <- overrides (`"key=value"` strings, or `(key, value)` pairs taken as
-    they are), type-checked, then validated. `older`: the file is a run directory's own config.yaml,
-    possibly written by an older tripost (moved keys are renamed rather than refused)."""
+    they are), type-checked, then validated. Relative paths in the file are relative to the file's
+    directory (falling back to the working directory, then to tripost's built-in files); on the
+    command line, to the working directory. The result holds absolute paths. `older`: the file is a
+    run directory's own config.yaml, possibly written by an older tripost (moved keys are renamed
+    rather than refused)."""
     data: dict = {}
     source = "config"
     if path is not None:
@@ -441,13 +464,47 @@ def load_config(path: str | Path | None = None, overrides=(), cls=Config, older:
         data = read_yaml(path)
         if older:
             data = upgrade(data)
+        _absolute_paths(data, path.resolve().parent)
     for item in overrides:
         key, value = item if isinstance(item, tuple) else parse_override(item)
         _set_path(data, key, value, cls, "command line")
+    _absolute_paths(data, Path.cwd())
     cfg = _build(cls, data, source)
     if cls is Config:
         validate(cfg)
     return cfg
+
+
+# Config keys that hold paths (or "script:PATH" / "model:PATH" specs), resolved by `load_config`.
+PATH_KEYS = ("model", "task.name", "task.data_dir", "task.path", "task.train_path", "task.test_path",
+             "edit.feedback", "edit.improvement", "edit.prompts_dir", "train.deepspeed_config", "tripost.judge")
+
+
+def _absolute_paths(data: dict, base: Path) -> None:
+    """Make the relative paths of PATH_KEYS in `data` absolute: `base` / path when it exists there,
+    else the working directory's or the built-in file (resolve_path), else `base` / path (so an
+    error names where it was looked for). Names that are not paths (task "jsonl", expert "llm")
+    are left alone."""
+    for dotted in PATH_KEYS:
+        node = data
+        *heads, key = dotted.split(".")
+        for head in heads:
+            node = node.get(head) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or not isinstance(node.get(key), str):
+            continue
+        value = node[key]
+        prefix = next((p for p in ("script:", "model:") if value.startswith(p)), "")
+        raw = value[len(prefix):].strip()
+        if dotted == "task.name" and not raw.endswith(".py"):
+            continue
+        if (not prefix and dotted in ("edit.feedback", "edit.improvement", "tripost.judge")) or not raw:
+            continue
+        p = Path(raw).expanduser()
+        if p.is_absolute():
+            node[key] = prefix + str(p)
+            continue
+        here = base / p
+        node[key] = prefix + str(here if here.exists() else (resolve_path(p).resolve() if resolve_path(p).exists() else here))
 
 
 def check_api_config(api_cfg: ApiConfig) -> None:
@@ -518,6 +575,9 @@ def validate(cfg: Config) -> None:
     need(0.0 <= tc.warmup_ratio < 1.0, "train.warmup_ratio", "must be in [0, 1)")
     need(tc.max_steps is None or tc.max_steps >= 1, "train.max_steps", "must be >= 1 (or null)")
     need(0.0 < cfg.task.test_fraction < 1.0, "task.test_fraction", "must be in (0, 1)")
+    need(cfg.task.judge in ("exact", "numeric", "set", "list"), "task.judge", "must be exact, numeric, set or list")
+    need((cfg.task.train_path is None) == (cfg.task.test_path is None), "task.train_path",
+         "and task.test_path go together (or give one file as task.path)")
     need(cfg.process.max_tokens >= 1, "process.max_tokens", "must be >= 1")
     for section in ("collect", "evaluate"):
         gen = getattr(cfg, section)

@@ -48,11 +48,18 @@ DEMO_CONFIG = "configs/demo.yaml"
 # Stage bodies: thin calls into the stage modules, taking only what the Stage passes
 
 
-def _init_model(out, task, init_model):
+def _init_model(out, task, init_model, experts=None):
+    """The tiny model and its tokenizer; `experts`: gold rationales come from a script or an LLM,
+    and the tokenizer learns their text too."""
+    from collections import Counter
+
     from tripost.model_init import init_model as build
+    from tripost.process import gold_rationales
     from tripost.tasks import get_task
 
-    build(init_model, get_task(task), out)
+    t = get_task(task)
+    rationales = {ex.id: r for ex, r in gold_rationales(t, experts, out, Counter())} if experts is not None else None
+    build(init_model, t, out, rationales)
     return {"model": str(out)}
 
 
@@ -166,15 +173,19 @@ def expert_files(cfg: Config) -> list[Path]:
 
 
 def rationale_source(cfg: Config, task) -> tuple[dict, list[Path]]:
-    """What stages that need gold rationales are given: nothing for a task with scripted ones;
-    the `edit` section (its API settings) and prompts/<task>/rationale.j2 when an LLM writes them."""
-    from tripost.process import llm_writes_rationales
+    """What stages that need gold rationales are given (process.rationale_source): nothing for the
+    task's own; the edit section and the feedback script when its rationale() writes them; the edit
+    section (its API settings) and prompts/<task>/rationale.j2 when an LLM does."""
     from tripost.experts.templates import prompts_dir_for
+    from tripost.process import rationale_source as source_of
 
-    if not llm_writes_rationales(task, cfg.edit):
-        return {}, []
-    template = prompts_dir_for(cfg.edit, cfg.task.name) / "rationale.j2"
-    return {"experts": cfg.edit}, [template] if template.is_file() else []
+    source = source_of(task, cfg.edit)
+    if source == "script":
+        return {"experts": cfg.edit}, [resolve_path(cfg.edit.feedback[len("script:"):])]
+    if source == "llm":
+        template = prompts_dir_for(cfg.edit, cfg.task.name) / "rationale.j2"
+        return {"experts": cfg.edit}, [template] if template.is_file() else []
+    return {}, []
 
 
 def partner_source(cfg: Config, m, mc, stage: str) -> tuple[dict, dict, list[Path]]:
@@ -210,10 +221,15 @@ def plan(cfg: Config, run_dir: Path) -> list[Stage]:
     rationales, rationale_scripts = rationale_source(cfg, task)
     if (it.warmup or it.baseline) and not task.has_gold_rationale and not rationales:
         raise TripostError(
-            f"config: task '{cfg.task.name}' has no scripted gold rationales and edit.feedback is not llm "
-            "(which writes them), so iterate.warmup and iterate.baseline (both rationale SFT) cannot run; use "
-            "an LLM expert, or set iterate.warmup=false and iterate.baseline=false and start from a model "
+            f"config: task '{cfg.task.name}' has no gold rationales, so iterate.warmup and iterate.baseline (both "
+            "rationale SFT) cannot run. Give them one way: task.rationale_field (a worked solution in your data), a "
+            "rationale(example) function in your task file or feedback script, or an LLM expert (edit.feedback: "
+            "llm) that writes them; or set iterate.warmup=false and iterate.baseline=false and start from a model "
             "that already writes step-by-step answers")
+    if cfg.model is None and not it.warmup:
+        raise TripostError("config: model is null (a tiny model is built from scratch) and iterate.warmup is false: "
+                           "an untrained model writes noise, so nothing could be learnt from its attempts. Keep "
+                           "iterate.warmup: true, or give model: a directory of a model that can answer")
     stages: list[Stage] = []
 
     def add(sid: str, fn, config: dict, inputs: dict, values=None, scripts=()) -> Path:
@@ -228,7 +244,8 @@ def plan(cfg: Config, run_dir: Path) -> list[Stage]:
         return base_stages[-1].dir
 
     if cfg.model is None:
-        base = add_base("init_model", _init_model, {"task": cfg.task, "init_model": cfg.init_model}, {})
+        base = add_base("init_model", _init_model, {"task": cfg.task, "init_model": cfg.init_model, **rationales}, {},
+                        scripts=rationale_scripts)
     else:
         base = resolve_path(cfg.model)
         if not base.exists():

@@ -31,13 +31,14 @@ from tripost.formats import prompt_format
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 
 
-def tokenizer_corpus(task) -> list[str]:
-    """The texts the tokenizer is trained on: what the model will read and write for this task."""
+def tokenizer_corpus(task, rationales: dict[str, str] | None = None) -> list[str]:
+    """The texts the tokenizer is trained on: what the model will read and write for this task.
+    `rationales` (id -> text) are gold rationales from elsewhere than the task (a script, an LLM)."""
     examples = task.load("train")
     plain = prompt_format(False)
     texts = [steps.QUESTION_PREFIX, steps.ANSWER_PREFIX, FEEDBACK_PREFIX, UPDATE_PREFIX]
     for i, ex in enumerate(examples):
-        rationale = task.gold_rationale(ex) if task.has_gold_rationale else None
+        rationale = (rationales or {}).get(ex.id) or (task.gold_rationale(ex) if task.has_gold_rationale else None)
         if rationale is None:
             # No scripted rationale: at least the step and final-answer format.
             rationale = f"(1) {ex.question.splitlines()[0][:80]}\n{steps.final_line(ex.answer)}"
@@ -108,16 +109,16 @@ def build_model(m: InitModelConfig, tokenizer):
     return model
 
 
-def init_model(m: InitModelConfig, task, out_dir) -> Path:
-    """Write a tokenizer trained on `task`'s text and a tiny Llama model of the `init_model`
-    settings `m` to `out_dir`; return the directory."""
+def init_model(m: InitModelConfig, task, out_dir, rationales: dict[str, str] | None = None) -> Path:
+    """Write a tokenizer trained on `task`'s text (and `rationales`, see tokenizer_corpus) and a
+    tiny Llama model of the `init_model` settings `m` to `out_dir`; return the directory."""
     import yaml
 
     from tripost import io
     from tripost.config import to_dict
 
     out = Path(out_dir)
-    tokenizer = train_tokenizer(tokenizer_corpus(task), m.vocab_size)
+    tokenizer = train_tokenizer(tokenizer_corpus(task, rationales), m.vocab_size)
     model = build_model(m, tokenizer)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(out)

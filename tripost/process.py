@@ -38,33 +38,61 @@ from tripost.records import Example, Segment, TrainingExample, examples_file, re
 RATIONALE_KIND = "rationale"
 
 
-def llm_writes_rationales(task, experts: EditConfig | None) -> bool:
-    """Whether gold rationales come from an LLM (the task has no scripted ones and an LLM expert
-    is configured)."""
-    return not task.has_gold_rationale and experts is not None and "llm" in (experts.feedback, experts.improvement)
+def script_defines(path: Path, name: str) -> bool:
+    """Whether a user's script has a top-level function `name` (read, not run)."""
+    import ast
+
+    try:
+        tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return False  # starting its workers will report what is wrong with it
+    return any(isinstance(n, ast.FunctionDef) and n.name == name for n in tree.body)
+
+
+def rationale_source(task, experts: EditConfig | None) -> str | None:
+    """Where the gold rationales come from, first that applies: "task" (the task's own: scripted,
+    a task file's, task.rationale_field), "script" (the feedback script's `rationale(example)`),
+    "llm" (an LLM expert writes them from rationale.j2), or None (there are none)."""
+    from tripost.config import resolve_path
+
+    if task.has_gold_rationale:
+        return "task"
+    if experts is None:
+        return None
+    if experts.feedback.startswith("script:") and \
+            script_defines(resolve_path(experts.feedback[len("script:"):]), "rationale"):
+        return "script"
+    return "llm" if "llm" in (experts.feedback, experts.improvement) else None
 
 
 def gold_rationales(task, experts: EditConfig | None, cache_dir: Path, drops: Counter) -> list[tuple[Example, str]]:
     """(example, rationale) for every train question that has a gold rationale (see the module
-    docstring); questions without one are counted in `drops`."""
+    docstring and `rationale_source`). Script and LLM rationales are kept only when they are in the
+    step format and reach the gold answer; the others are counted in `drops`."""
     train = task.load("train")
-    if task.has_gold_rationale:
-        return [(ex, r) for ex in train if (r := task.gold_rationale(ex)) is not None]
-    if not llm_writes_rationales(task, experts):
+    source = rationale_source(task, experts)
+    if source is None:
         return []
-    from tripost.experts.llm import LlmExpert
+    if source == "task":
+        return [(ex, r) for ex in train if (r := task.gold_rationale(ex)) is not None]
+    from tripost.experts import make_expert
+    from tripost.tasks.base import rationale_steps
 
-    expert = LlmExpert(experts, task, cache_dir)
+    expert = make_expert(experts.feedback if source == "script" else "llm", experts, task, cache_dir,
+                         role="rationale")
     try:
         replies = expert.rationale_many(train)
     finally:
         expert.close()
     out = []
     for ex, reply in zip(train, replies):
-        if reply.text is None:
-            drops[f"gold_{reply.error}"] += 1
+        text = rationale_steps(reply.text, ex.answer) if source == "script" and reply.text else reply.text
+        if text is None:
+            drops[f"gold_{reply.error or 'no_rationale'}"] += 1
+        elif not task.is_correct(ex, text):
+            drops["gold_wrong_rationale"] += 1
         else:
-            out.append((ex, reply.text))
+            out.append((ex, text))
     return out
 
 
@@ -128,6 +156,13 @@ def process(task, process_cfg: ProcessConfig, method: str, method_cfg, chat_temp
             else:
                 drops[f"not_kept_{t.status}"] += 1
     gold = gold_rationales(task, experts, out_dir, drops) if m.uses_gold(method_cfg) else []
+    if m.uses_gold(method_cfg) and not gold:
+        import sys
+
+        print(f"WARNING: {method} wants gold rationales, but task '{task.name}' has none (no scripted ones, "
+              "no task.rationale_field, no rationale() in the feedback script, no LLM expert): no gold "
+              "examples are added", file=sys.stderr)
+        drops["no_gold_rationale_source"] += 1
     tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir is not None else None
     fmt = prompt_format(chat_template, tokenizer)
     # By id, so the result does not depend on the order records were written in (a resumed

@@ -95,9 +95,17 @@ def config_view(value):
     if dataclasses.is_dataclass(value):
         skip = OPERATIONAL_KEYS.get(type(value), set())
         return {f.name: config_view(getattr(value, f.name)) for f in dataclasses.fields(value) if f.name not in skip}
-    if isinstance(value, Path):
-        return str(value)
+    if isinstance(value, (str, Path)):
+        return _project_relative(str(value))
     return value
+
+
+def _project_relative(text: str) -> str:
+    """A path (or "script:"/"model:" spec) inside tripost's own tree, relative to it: fingerprints of
+    built-in scripts and configs stay the same wherever the checkout lies."""
+    prefix = next((p for p in ("script:", "model:") if text.startswith(p)), "")
+    root = str(PROJECT_ROOT) + "/"
+    return prefix + text[len(prefix) + len(root):] if text[len(prefix):].startswith(root) else text
 
 
 def _script_key(p: Path) -> str:

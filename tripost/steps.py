@@ -62,7 +62,8 @@ def _step_start(line: str) -> tuple[str, str] | None:
 
 def parse_steps(attempt: str) -> list[Step]:
     """Split an attempt into steps. A line that does not start a step continues the previous one;
-    text before the first step becomes an unlabeled step "0" so nothing is lost."""
+    text before the first step becomes an unlabeled step "0" so nothing is lost. Text with no
+    step at all ("(1) ..." or "(Final response) ...") is not an attempt in the step format: []."""
     labels: list[str] = []
     parts: list[list[str]] = []
     for line in attempt[:MAX_CHARS].strip().splitlines():
@@ -75,6 +76,8 @@ def parse_steps(attempt: str) -> list[Step]:
         elif line.strip():
             labels.append("0")
             parts.append([line.strip()])
+    if all(label == "0" for label in labels):
+        return []
     return [Step(label, "\n".join(lines)) for label, lines in zip(labels, parts)]
 
 

@@ -65,9 +65,15 @@ from tripost.experts.script import ScriptExpert
 __all__ = ["Expert", "Reply", "ScriptExpert", "example_dict", "make_expert"]
 
 
+# The script functions each role needs ("partner": a SAIE partner's remarks).
+ROLE_FUNCTIONS = {"feedback": ("feedback",), "improvement": ("improve",), "both": ("feedback", "improve"),
+                  "judge": ("feedback",), "partner": ("remark",), "rationale": ("rationale",)}
+
+
 def make_expert(spec: str, edit_cfg, task=None, out_dir=None, role: str = "feedback") -> Expert:
-    """The expert a spec names. `role` is "feedback", "improvement" or "both"; a script used for
-    improvement must define `improve`. `edit_cfg` is the `edit` config section."""
+    """The expert a spec names. `role` ("feedback", "improvement", "both", "judge", "partner",
+    "rationale") says which functions a script must define (ROLE_FUNCTIONS). `edit_cfg` is the
+    `edit` config section."""
     key = "edit.improvement" if role == "improvement" else "edit.feedback"
     if spec == "llm":
         from tripost.experts.llm import LlmExpert  # imported only when used: it pulls in the API client
@@ -77,10 +83,5 @@ def make_expert(spec: str, edit_cfg, task=None, out_dir=None, role: str = "feedb
         raw = spec[len("script:"):].strip()
         if not raw:
             raise TripostError(f"config: '{key}' names no script file (use script:PATH.py)")
-        expert = ScriptExpert(resolve_path(raw), edit_cfg)
-        if role in ("improvement", "both") and not expert.has_improve:
-            expert.close()
-            raise TripostError(f"{expert.path}: feedback script has no `improve(example, attempt, feedback)` "
-                               f"function, but config 'edit.improvement' uses it")
-        return expert
+        return ScriptExpert(resolve_path(raw), edit_cfg, ROLE_FUNCTIONS.get(role, (role,)))
     raise TripostError(f"config: '{key}' must be 'llm' or 'script:PATH.py', got {spec!r}")

@@ -27,6 +27,7 @@ class Reply:
     transient: bool = False
     truncated: bool = False
     author: str = ""
+    value: object = None  # a script function's return value, when it is not text (task files)
 
 
 class Expert:
@@ -41,6 +42,14 @@ class Expert:
 
     def feedback_many(self, requests: list[tuple]) -> list[Reply]:
         """requests: [(example, attempt)] -> one Reply per request, text = feedback sentence."""
+        raise NotImplementedError
+
+    def remark_many(self, requests: list[tuple]) -> list[Reply]:
+        """requests: [(example, attempt, stance)] -> one Reply per request, text = the remark."""
+        raise NotImplementedError
+
+    def rationale_many(self, examples: list) -> list[Reply]:
+        """examples -> one Reply per example, text = a step-by-step gold rationale."""
         raise NotImplementedError
 
     def improve_many(self, requests: list[tuple]) -> list[Reply]:

@@ -126,30 +126,44 @@ class _Worker:
             pass
 
 
-class ScriptExpert(Expert):
-    """Feedback (and optionally improvement) from a user's Python file, run in worker processes.
+# What a user's script may define, and what each function returns: "text" (a str), "text?" (a
+# str, or None for "none here"), "examples" (a list of JSON objects), "bool".
+FUNCTIONS = {"feedback": "text", "improve": "text", "remark": "text", "rationale": "text?",
+             "examples": "examples", "extract_answer": "text?", "judge": "bool"}
+SIGNATURES = {"feedback": "feedback(example, attempt)", "improve": "improve(example, attempt, feedback)",
+              "remark": "remark(example, attempt, stance)", "rationale": "rationale(example)",
+              "examples": "examples(task_config)", "extract_answer": "extract_answer(attempt)",
+              "judge": "judge(example, answer)"}
 
-    `path` is used as given (make_expert resolves it); `edit_cfg` is the `edit` config section.
+
+class ScriptExpert(Expert):
+    """A user's Python file, run in worker processes: feedback, improvements, remarks and
+    rationales as an expert, and the functions of a task file (tripost/tasks/file.py).
+
+    `path` is used as given (make_expert resolves it); `settings` is the `edit` config section
+    (script_workers, script_timeout_s, script_memory_mb); `required` the functions it must define.
+    `functions` is the set it does define.
     """
 
     # At most this many requests per round trip: big enough to amortise the pipe overhead,
     # small enough that workers share a batch evenly.
     max_chunk = 256
 
-    def __init__(self, path: str | Path, edit_cfg):
+    def __init__(self, path: str | Path, settings, required: tuple[str, ...] = ("feedback",)):
         self.path = Path(path)
         if not self.path.is_file():
-            raise TripostError(f"{self.path}: feedback script not found")
+            raise TripostError(f"{self.path}: script not found")
         self.name = f"script:{self.path.name}"
         self.sha256 = sha256_file(self.path)
         self.provenance = {"script": str(self.path), "script_sha256": self.sha256}
-        self.timeout_s = float(edit_cfg.script_timeout_s)
-        self.memory_mb = int(edit_cfg.script_memory_mb)
-        self.n_workers = max(1, int(edit_cfg.script_workers))
+        self.timeout_s = float(settings.script_timeout_s)
+        self.memory_mb = int(settings.script_memory_mb)
+        self.n_workers = max(1, int(settings.script_workers))
+        self.required = required
         # Python start-up plus importing the script (which may import big libraries).
         self.startup_timeout_s = max(30.0, self.timeout_s)
         self.workers: list[_Worker] = []
-        self.has_improve = False
+        self.functions: set[str] = set()
         try:
             self._start_workers(self.n_workers, first=True)
         except BaseException:
@@ -167,9 +181,10 @@ class ScriptExpert(Expert):
                 why = hello["error"] if hello else w.exit_description() + " while loading it"
                 if why.startswith("MemoryError"):
                     why += f" (edit.script_memory_mb={self.memory_mb} is too small for what it imports)"
-                problem = f"{self.path}: could not load feedback script: {why}"
-            elif not hello.get("feedback"):
-                problem = f"{self.path}: feedback script defines no `feedback(example, attempt)` function"
+                problem = f"{self.path}: could not load the script: {why}"
+            elif any(not hello.get(name) for name in self.required):
+                missing = next(name for name in self.required if not hello.get(name))
+                problem = f"{self.path}: the script defines no `{SIGNATURES[missing]}` function"
             if problem is not None:
                 if first:  # at start-up: a user error, before any work is done
                     for other in new:
@@ -177,7 +192,7 @@ class ScriptExpert(Expert):
                     raise TripostError(problem)
                 w.kill()  # a restart that fails mid-run: go on with fewer workers (see _run)
                 continue
-            self.has_improve = bool(hello.get("improve"))
+            self.functions = {name for name in FUNCTIONS if hello.get(name)}
             self.workers.append(w)
 
     def _replace(self, worker: _Worker) -> _Worker | None:
@@ -203,12 +218,23 @@ class ScriptExpert(Expert):
 
     # -- requests -------------------------------------------------------------------------------
     def feedback_many(self, requests: list[tuple]) -> list[Reply]:
-        return self._run("feedback", [[example_dict(ex), attempt] for ex, attempt in requests])
+        return self.call("feedback", [[example_dict(ex), attempt] for ex, attempt in requests])
 
     def improve_many(self, requests: list[tuple]) -> list[Reply]:
-        if not self.has_improve:
-            raise TripostError(f"{self.path}: feedback script has no `improve(example, attempt, feedback)` function")
-        return self._run("improve", [[example_dict(ex), attempt, fb] for ex, attempt, fb in requests])
+        return self.call("improve", [[example_dict(ex), attempt, fb] for ex, attempt, fb in requests])
+
+    def remark_many(self, requests: list[tuple]) -> list[Reply]:
+        return self.call("remark", [[example_dict(ex), attempt, stance] for ex, attempt, stance in requests])
+
+    def rationale_many(self, examples: list) -> list[Reply]:
+        return self.call("rationale", [[example_dict(ex)] for ex in examples])
+
+    def call(self, kind: str, items: list[list]) -> list[Reply]:
+        """`kind`(*args) for each args list of `items`, in the workers: one Reply per item (the
+        returned value in `value`, and in `text` when it is text)."""
+        if kind not in self.functions:
+            raise TripostError(f"{self.path}: the script has no `{SIGNATURES[kind]}` function")
+        return self._run(kind, items)
 
     def _run(self, kind: str, items: list[list]) -> list[Reply]:
         """Send `items` to the workers in chunks, collect one Reply per item, in order.
@@ -267,7 +293,10 @@ class ScriptExpert(Expert):
                     job = jobs[w]
                     for m in msgs:
                         if job[1] < len(job[0]):
-                            replies[job[0][job[1]]] = Reply(m.get("text"), m.get("error"), m.get("detail"))
+                            value = m.get("value")
+                            text = value if isinstance(value, str) else None
+                            replies[job[0][job[1]]] = Reply(text, m.get("error"), m.get("detail"),
+                                                            value=None if text is not None else value)
                             job[1] += 1
                     job[2] = time.monotonic() + self.timeout_s
                     if job[1] == len(job[0]):
@@ -322,15 +351,20 @@ def _call(fn, kind: str, args: list, path: str) -> dict:
         return {"error": "script_out_of_memory", "detail": _describe(e, path)}
     except Exception as e:  # noqa: BLE001 - any failure of user code is a drop reason, not a crash
         return {"error": "script_error", "detail": _describe(e, path)}
+    returns = FUNCTIONS[kind]
     if out is None and kind == "feedback":
         return {"error": "script_no_feedback"}
-    if not isinstance(out, str):
-        return {"error": "script_bad_return", "detail": f"{kind}() returned {type(out).__name__}, expected str"}
+    if out is None and returns == "text?":
+        return {"value": None}
+    wanted = {"text": str, "text?": str, "bool": bool, "examples": list}[returns]
+    if not isinstance(out, wanted) or (returns == "examples" and not all(isinstance(x, dict) for x in out)):
+        what = "a list of dicts" if returns == "examples" else wanted.__name__
+        return {"error": "script_bad_return", "detail": f"{kind}() returned {type(out).__name__}, expected {what}"}
     try:
-        out.encode("utf-8")
-    except UnicodeEncodeError:
-        return {"error": "script_bad_return", "detail": f"{kind}() returned a string that is not valid UTF-8"}
-    return {"text": out}
+        json.dumps(out).encode("utf-8")
+    except (TypeError, ValueError, UnicodeEncodeError) as e:
+        return {"error": "script_bad_return", "detail": f"{kind}() returned something not JSON text: {e}"}
+    return {"value": out}
 
 
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
@@ -409,9 +443,8 @@ def worker_main() -> None:
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which names the file
         send({"error": _describe(e, path)})
         return
-    feedback, improve = getattr(module, "feedback", None), getattr(module, "improve", None)
-    send({"feedback": callable(feedback), "improve": callable(improve)})
-    fns = {"feedback": feedback, "improve": improve}
+    fns = {name: fn for name in FUNCTIONS if callable(fn := vars(module).get(name))}
+    send({name: name in fns for name in FUNCTIONS})
     for line in proto_in:
         msg = json.loads(line)
         fn, kind = fns[msg["kind"]], msg["kind"]

@@ -262,8 +262,10 @@ def rollout(example: Example, task, mc: TripostConfig, stage: str, fmt: PromptFo
 # 5. Kept: trajectories that end with the expert saying "correct" and whose final attempt really
 #    is right (task.is_correct; otherwise expert_wrong_final).
 #
-# Drop reasons: no_attempt, feedback_unparseable, no_progress, regression, not_fixed_within_limit,
-# expert_wrong_final, and the experts' own errors (script_*, llm_*; the message is in `detail`).
+# Drop reasons: no_attempt, truncated (the first attempt was cut off), no_steps (it has no numbered
+# step), text_too_long (over steps.MAX_CHARS), feedback_unparseable, no_progress, regression,
+# not_fixed_within_limit, expert_wrong_final, and the experts' own errors (script_*, llm_*; the
+# message is in `detail`).
 # An expert error that is not a verdict (Reply.transient: the API was unreachable) leaves the
 # trajectory pending: a rerun retries it.
 
@@ -352,6 +354,14 @@ def edit(traj: Trajectory, task, mc: TripostConfig):
     try:
         if not model_turns:
             raise _Drop("no_attempt")
+        # Guards against training on garbage: nothing to edit in a cut-off, unreadable or huge attempt.
+        first = next(m for m in traj.messages if m.speaker == LEARNER and m.kind == "attempt")
+        if first.truncated:
+            raise _Drop("truncated", "the first attempt was cut off at max_new_tokens")
+        if not steps.parse_steps(first.text):
+            raise _Drop("no_steps", f"no numbered step in: {first.text[:120]!r}")
+        if any(len(m.text) > steps.MAX_CHARS for m in traj.messages):
+            raise _Drop("text_too_long", f"a message is longer than {steps.MAX_CHARS} characters")
         # 1. Expert feedback on every attempt the model wrote.
         replies = yield [Request("feedback", "feedback", args=(example, t.attempt)) for t in model_turns]
 

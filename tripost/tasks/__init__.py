@@ -5,6 +5,7 @@
     date_understanding    BIG-bench data, lettered multiple choice
     logical_deduction     BIG-bench data (3/5 objects seen, 7 unseen), lettered multiple choice
     jsonl                 your own file of question/answer records
+    path/to/my_task.py    your own task file: plain functions (tripost/tasks/file.py)
 """
 
 from tripost.config import TaskConfig
@@ -26,8 +27,11 @@ def get_task(cfg: TaskConfig) -> Task:
         from tripost.tasks.multiple_choice import LogicalDeduction as cls
     elif cfg.name == "jsonl":
         from tripost.tasks.jsonl import JsonlTask as cls
+    elif cfg.name.endswith(".py"):
+        from tripost.tasks.file import FileTask as cls
     else:
-        raise TripostError(f"config: unknown task.name '{cfg.name}' (choose from {', '.join(TASK_NAMES)})")
+        raise TripostError(f"config: unknown task.name '{cfg.name}' (choose from {', '.join(TASK_NAMES)}, "
+                           "or give the path of your own task file, my_task.py)")
     return cls(cfg)
 
 

@@ -13,6 +13,8 @@ same way for every task (see `split`).
 from __future__ import annotations
 
 import random
+import re
+from fractions import Fraction
 from pathlib import Path
 
 from tripost import steps
@@ -43,7 +45,10 @@ class Task:
         return train if split == "train" else test
 
     def split(self) -> tuple[list[Example], list[Example]]:
-        examples = self._load_all()
+        return self.split_examples(self._load_all())
+
+    def split_examples(self, examples: list[Example]) -> tuple[list[Example], list[Example]]:
+        """The deterministic split of `examples` (see `load`)."""
         rng = random.Random(self.cfg.seed)
         by_subtask: dict[tuple[str, bool], list[Example]] = {}
         for ex in sorted(examples, key=lambda e: e.id):
@@ -88,3 +93,62 @@ class Task:
     def gold_rationale(self, example: Example) -> str | None:
         """A correct step-by-step attempt written by script, or None if the task has none."""
         return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Judging options (task.judge) for tasks whose answers are the user's: jsonl and task files
+
+
+def as_number(text: str) -> Fraction | None:
+    """The exact value of a number written as text, or None: "1,000", "$18", "3.0", "-2", "1/2"
+    (a final period is ignored). Leading zeros are fine ("007" is 7): that is what numeric means."""
+    t = text.strip().rstrip(".").replace(",", "").replace("$", "").strip()
+    if not t or len(t) > 100 or not re.fullmatch(r"[-+]?(\d+(\.\d*)?|\.\d+)(/\d+)?", t):
+        return None
+    try:
+        return Fraction(t)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def _text(answer: str, case_sensitive: bool) -> str:
+    t = " ".join(answer.strip().split())
+    t = t[:-1].rstrip() if t.endswith(".") else t
+    return t if case_sensitive else t.lower()
+
+
+def _items(answer: str, separator: str | None, case_sensitive: bool) -> list[str]:
+    parts = answer.split(separator) if separator else re.split(r"[\s,]+", answer.strip().rstrip("."))
+    return [_text(p, case_sensitive) for p in parts if p.strip()]
+
+
+def same_answer(predicted: str, gold: str, cfg: TaskConfig) -> bool:
+    """`predicted` equals `gold` under task.judge: exact (text, ignoring case unless
+    judge_case_sensitive, runs of whitespace and a final period), numeric (both are numbers and
+    equal exactly; "not 1101" is not a number), set or list (items split by judge_separator,
+    compared as sets or in order)."""
+    if cfg.judge == "numeric":
+        a, b = as_number(predicted), as_number(gold)
+        return a is not None and a == b
+    if cfg.judge == "set":
+        return sorted(set(_items(predicted, cfg.judge_separator, cfg.judge_case_sensitive))) == \
+            sorted(set(_items(gold, cfg.judge_separator, cfg.judge_case_sensitive)))
+    if cfg.judge == "list":
+        return _items(predicted, cfg.judge_separator, cfg.judge_case_sensitive) == \
+            _items(gold, cfg.judge_separator, cfg.judge_case_sensitive)
+    return _text(predicted, cfg.judge_case_sensitive) == _text(gold, cfg.judge_case_sensitive)
+
+
+def rationale_steps(text: str, answer: str) -> str | None:
+    """A worked solution in tripost's step format: steps "(1) ..." as they are (a final line is
+    added when missing), or lines of text numbered one step per line (GSM8K: the text before
+    "#### X"), ending in the final line with `answer`. None for an empty solution."""
+    text = text.split("####", 1)[0].strip()
+    if not text:
+        return None
+    parsed = [s for s in steps.parse_steps(text) if s.label != "0"]
+    if not parsed:
+        parsed = [steps.Step(str(i), line.strip()) for i, line in enumerate(
+            (ln for ln in text.splitlines() if ln.strip()), start=1)]
+    parsed = [s for s in parsed if s.label != steps.FINAL]
+    return steps.render_steps(parsed + [steps.Step(steps.FINAL, f"So the answer is {answer}.")])

@@ -1,47 +1,31 @@
 """Your own question/answer data as a task: one JSON object per line.
 
-    task.name: jsonl
-    task.path: data/gsm8k_train.jsonl
-    task.question_field: question     # defaults shown
-    task.answer_field: answer
-    task.subtask_field: null          # optional: a field whose value names the subtask
+    task:
+      name: jsonl
+      path: data/my_task.jsonl        # one file, split into train and test (test_fraction) ...
+      train_path: null                # ... or separate train and test files
+      test_path: null
+      question_field: question        # the defaults
+      answer_field: answer
+      subtask_field: null             # a field naming the subtask
+      seen_field: null                # a field: true / "seen" (training distribution) or false / "unseen" (test only)
+      rationale_field: null           # a field with a worked solution to train on (see below)
+      judge: exact                    # exact | numeric | set | list (see tripost/tasks/base.py same_answer)
 
-Every example is "seen" (the train/test split is the usual one, see docs/tasks.md). Answers are
-compared as numbers when the gold answer is one, GSM8K style:
-
-  * a gold answer containing "####" counts only for the text after it ("... so 72 clips\\n#### 72"
-    -> "72"); the full text stays in Example.meta["solution"];
-  * numbers compare exactly, as fractions: "1,000" == "1000", "3.0" == "3", "$18" == "18", "1/2" ==
-    "0.5"; a predicted answer with words around exactly one number ("18 dollars") counts as it;
-  * anything else compares as text, ignoring case, spacing and a final period.
-
-Nothing is ever evaluated as code. A missing file, a malformed line or a missing field raises
-TripostError naming the file (and line and field).
+A gold answer with "####" (GSM8K) counts only for the text after it ("... 72 clips\\n#### 72" ->
+"72"); the whole field stays in Example.meta["solution"], so `rationale_field: answer` trains on
+the solution before "####", one numbered step per line. A rationale field already in the step
+format ("(1) ...") is used as it is. Nothing is ever evaluated as code. A missing file, a malformed
+or torn line, a missing field or a field of the wrong type is one TripostError naming file:line.
 """
 
 from __future__ import annotations
 
-import re
-from fractions import Fraction
 from pathlib import Path
 
 from tripost.errors import TripostError, where
 from tripost.io import jsonl_objects
-from tripost.tasks.base import Example, Task, make_example
-
-_NUMBER_RE = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\$?\.\d+")
-
-
-def as_number(text: str) -> Fraction | None:
-    """The exact value of a number written as text, or None. Commas, a leading $ and a final
-    period are ignored; fractions "a/b" and decimals are exact."""
-    t = text.strip().rstrip(".").replace(",", "").replace("$", "").strip()
-    if not t or not re.fullmatch(r"[-+]?(\d+(\.\d*)?|\.\d+)(/\d+)?", t):
-        return None
-    try:
-        return Fraction(t)
-    except (ValueError, ZeroDivisionError):
-        return None
+from tripost.tasks.base import Example, Task, make_example, rationale_steps, same_answer
 
 
 def gold_final(answer: str) -> str:
@@ -49,9 +33,20 @@ def gold_final(answer: str) -> str:
     return answer.rsplit("####", 1)[1].strip() if "####" in answer else answer.strip()
 
 
+def _seen(value, path: Path, line: int, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("seen", "unseen", "true", "false"):
+        return value.strip().lower() in ("seen", "true")
+    raise TripostError(f"{where(path, line)}: field '{key}' must be true/false or \"seen\"/\"unseen\", got {value!r}")
+
+
 class JsonlTask(Task):
     name = "jsonl"
-    has_gold_rationale = False
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.has_gold_rationale = cfg.rationale_field is not None
 
     def _field(self, record: dict, key: str, path: Path, line: int) -> str:
         if key not in record:
@@ -63,34 +58,51 @@ class JsonlTask(Task):
                                f"got {type(value).__name__}")
         return str(value)
 
-    def _load_all(self) -> list[Example]:
-        if not self.cfg.path:
-            raise TripostError("task 'jsonl' needs task.path (a JSONL file of question/answer records)")
-        path = Path(self.cfg.path).expanduser()
+    def _read(self, key: str) -> list[Example]:
+        raw = {"path": self.cfg.path, "train_path": self.cfg.train_path, "test_path": self.cfg.test_path}[key]
+        path = Path(raw).expanduser()
         if not path.is_file():
-            raise TripostError(f"{path}: data file not found (task.path)")
+            raise TripostError(f"{path}: data file not found (task.{key})")
         out = []
-        for line, record in jsonl_objects(path, allow_torn_tail=False):
+        for line, record in jsonl_objects(path):
             question = self._field(record, self.cfg.question_field, path, line)
             solution = self._field(record, self.cfg.answer_field, path, line)
             subtask = self._field(record, self.cfg.subtask_field, path, line) if self.cfg.subtask_field else ""
-            out.append(make_example(self.name, question.strip(), gold_final(solution), subtask=subtask,
-                                    seen=True, solution=solution, line=line))
+            seen = _seen(record.get(self.cfg.seen_field, True), path, line, self.cfg.seen_field) \
+                if self.cfg.seen_field else True
+            rationale = None
+            if self.cfg.rationale_field:
+                text = self._field(record, self.cfg.rationale_field, path, line)
+                rationale = rationale_steps(text, gold_final(solution))
+            out.append(make_example(self.name, question.strip(), gold_final(solution), subtask=subtask, seen=seen,
+                                    solution=solution, rationale=rationale, source=f"{path}:{line}"))
         if not out:
             raise TripostError(f"{path}: no records")
         return out
 
+    def _load_all(self) -> list[Example]:
+        if not self.cfg.path:
+            raise TripostError("task 'jsonl' needs task.path (a JSONL file of question/answer records), or "
+                               "task.train_path and task.test_path")
+        return self._read("path")
+
+    def split(self) -> tuple[list[Example], list[Example]]:
+        if self.cfg.train_path is None:
+            return super().split()
+        train, test = self._read("train_path"), self._read("test_path")
+        unseen = next((ex for ex in train if not ex.seen), None)
+        if unseen is not None:
+            raise TripostError(f"{unseen.meta['source']}: an unseen question in the train file "
+                               f"(task.seen_field={self.cfg.seen_field}); unseen questions are for testing only")
+        if self.cfg.max_train is not None:
+            train = train[: self.cfg.max_train]
+        if self.cfg.max_test is not None:
+            test = test[: self.cfg.max_test]
+        return train, test
+
     def is_correct(self, example: Example, attempt: str) -> bool:
         predicted = self.extract_answer(attempt)
-        if predicted is None:
-            return False
-        gold = as_number(example.answer)
-        predicted = predicted.lstrip(":")  # "So the answer is: 72"
-        if gold is None:
-            return self.normalize(predicted) == self.normalize(example.answer)
-        value = as_number(predicted)
-        if value is None:
-            # "18 dollars", "$18.00 in total": fine when the answer holds exactly one number.
-            found = _NUMBER_RE.findall(predicted)
-            value = as_number(found[0]) if len(found) == 1 else None
-        return value is not None and value == gold
+        return predicted is not None and same_answer(predicted.lstrip(":"), example.answer, self.cfg)
+
+    def gold_rationale(self, example: Example) -> str | None:
+        return example.meta.get("rationale")
