@@ -256,8 +256,9 @@ def drive(episodes: list[Episode], answerers: dict, window: int) -> Iterator[lis
             asked.append(i)
             return False
 
-        for i in range(len(chunk)):
-            advance(i, None)
+        finished_at_once = [results[i] for i in range(len(chunk)) if advance(i, None)]
+        if finished_at_once:  # episodes that needed no answer at all (e.g. dropped before asking)
+            yield finished_at_once
         while waiting:
             level, asked = asked, []
             groups: dict[str, list[tuple[int, int]]] = {}
