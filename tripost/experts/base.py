@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tripost.errors import TripostError
+
 
 @dataclass
 class Reply:
@@ -42,19 +44,22 @@ class Expert:
 
     def feedback_many(self, requests: list[tuple]) -> list[Reply]:
         """requests: [(example, attempt)] -> one Reply per request, text = feedback sentence."""
-        raise NotImplementedError
+        raise self.cannot("feedback")
 
     def remark_many(self, requests: list[tuple]) -> list[Reply]:
         """requests: [(example, attempt, stance)] -> one Reply per request, text = the remark."""
-        raise NotImplementedError
+        raise self.cannot("remark")
 
     def rationale_many(self, examples: list) -> list[Reply]:
         """examples -> one Reply per example, text = a step-by-step gold rationale."""
-        raise NotImplementedError
+        raise self.cannot("rationale")
 
     def improve_many(self, requests: list[tuple]) -> list[Reply]:
         """requests: [(example, attempt, feedback)] -> one Reply per request, text = full new attempt."""
-        raise NotImplementedError
+        raise self.cannot("improve")
+
+    def cannot(self, kind: str) -> TripostError:
+        return TripostError(f"expert {self.name} cannot answer a {kind!r} request")
 
     def close(self) -> None:
         pass
