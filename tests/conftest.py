@@ -89,7 +89,8 @@ def tiny_model_dir(tmp_path_factory, tiny_cfg):
 
 
 # The demo config (configs/demo.yaml) shrunk for tests: a 1-layer model, a dozen questions, one
-# epoch, short generations. Used by the iterate and inspect/report tests.
+# epoch, short generations. Used by the iterate and inspect/report tests, which run it through
+# `scripted_iterate` (below).
 TINY_RUN_OVERRIDES = [
     "task.max_train=10", "task.max_test=6",
     "init_model.vocab_size=320", "init_model.hidden_size=32", "init_model.intermediate_size=64",
@@ -99,3 +100,54 @@ TINY_RUN_OVERRIDES = [
     # A low learning rate keeps the model near random: it writes (wrong) text the experts can edit.
     "train.learning_rate=0.0001",
 ]
+
+
+# `tripost iterate` with a scripted learner. The edit stage drops attempts that were cut off at
+# max_new_tokens or have no numbered step (nothing to edit), and that is all a tiny untrained model
+# writes; so in the iterate and inspect/report tests the learner's generation is replaced by well-
+# formed, wrong answers (the gold rationale with the last result off by one, or an earlier step's),
+# which the experts edit. Everything else (model loading, training, the stages, resuming) is real.
+SCRIPTED_LEARNER = """
+import hashlib
+import sys
+
+from tripost import engine, steps
+from tripost.cli import main
+from tripost.tasks.multistep_arithmetic import rationale
+
+
+def wrong_answer(question):
+    gold = rationale(question)
+    answer = steps.extract_final_answer(gold)
+    wrong = str(int(answer) + 1)
+    lines = gold.splitlines()
+    if int(hashlib.sha256(question.encode()).hexdigest(), 16) % 2 and len(lines) > 3:
+        k = 1  # step (2): its result off by one
+        head, _, value = lines[k].rstrip(".").rpartition(" ")
+        lines[k] = f"{head} {int(value) + 1}."
+    elif lines[-2].endswith(f" {answer}."):
+        lines[-2] = lines[-2][: -len(answer) - 1] + wrong + "."
+    lines[-1] = steps.final_line(wrong)
+    return "\\n".join(lines)
+
+
+def generate_batch(model, tokenizer, prompts, gen, *args, **kwargs):
+    out = []
+    for p in prompts:
+        if p.startswith(steps.QUESTION_PREFIX) and p.endswith(steps.ANSWER_PREFIX):
+            out.append((wrong_answer(p[len(steps.QUESTION_PREFIX):-len(steps.ANSWER_PREFIX)]), False))
+        else:  # asked to critique its answer: it never learned to
+            out.append(("", False))
+    return out
+
+
+engine.generate_batch = generate_batch
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def scripted_iterate(*args: str) -> list[str]:
+    """The command line of `tripost iterate ARGS` with the scripted learner."""
+    import sys
+
+    return [sys.executable, "-c", SCRIPTED_LEARNER, "iterate", *args]

@@ -1,5 +1,5 @@
 """`tripost inspect` and `tripost report` on a real (tiny) run directory made by `tripost iterate`
-with the demo's scripted feedback."""
+with the demo's scripted feedback (and a scripted learner: conftest.scripted_iterate)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_RUN_OVERRIDES
+from conftest import TINY_RUN_OVERRIDES, scripted_iterate
 from tripost.cli import main as cli_main
 from tripost.records import Message
 from tripost.tools.inspect import Style, show_tokens
@@ -26,7 +26,7 @@ TINY = [*TINY_RUN_OVERRIDES, "train.log_every_steps=1"]
 def run_dir(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("run")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "tripost", "iterate", "--name", "r", *TINY], cwd=cwd, env=env,
+    proc = subprocess.run(scripted_iterate("--name", "r", *TINY), cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return cwd / "runs" / "r"
@@ -40,7 +40,7 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:
 
 def test_inspect_trajectories_and_summary(run_dir, capsys):
     edit = run_dir / "round_1/edit"
-    # An untrained model's attempts are all wrong: the script edits or drops every one of them.
+    # The (scripted) learner's attempts are all wrong: the script edits or drops every one of them.
     kept = sum(1 for _ in open(edit / "trajectories.jsonl"))
     dropped = sum(1 for _ in open(edit / "dropped.jsonl"))
     assert kept + dropped == 10

@@ -136,6 +136,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training examples: every token coloured by the weight training gives it")
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer for --tokens (default: the model of the file's run)")
 
+    p = add("export", "tools.export", "training examples -> files for TRL, LLaMA-Factory, OpenAI or HF datasets",
+            "Writes the training examples of a file, a stage directory or a run directory in the format another "
+            "trainer reads (see docs/export.md): trl (prompt/completion), trl-messages, llamafactory (per-message "
+            "loss_weight), openai (chat fine-tuning, weight 0/1) as JSONL, or hf: a datasets directory "
+            "(save_to_disk) with token ids and the exact per-token weights. Message formats keep a mask or "
+            "one weight per message, not tripost's per-token weights; a warning says how many examples "
+            "that changed.")
+    p.add_argument("source", metavar="RUN_DIR_OR_FILE", help="a <model>.jsonl file, a process stage directory "
+                   "or a run directory")
+    p.add_argument("--format", required=True, metavar="FORMAT", help="trl, trl-messages, llamafactory, openai or hf")
+    p.add_argument("--out", required=True, metavar="PATH", help="JSONL file to write (hf: a directory)")
+    p.add_argument("--stage", metavar="STAGE", help="in a run directory: 'latest' (default: the newest finished "
+                   "round_<k>/process), 'all' (every finished process and warmup_process stage) or one stage, "
+                   "e.g. round_2/process")
+    p.add_argument("--tokenizer", metavar="DIR", help="hf: tokenizer for the token ids (default: the run's model)")
+    p.add_argument("--max-length", type=int, metavar="N",
+                   help="hf: cut token ids as training does (default: the run's train.max_length)")
+
     p = add("report", "tools.report", "one self-contained HTML page for a run directory")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--out", metavar="FILE.html", help="default: RUN_DIR/report.html")

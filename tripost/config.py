@@ -101,6 +101,20 @@ class GenerationConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int = 0
+    # Torch CPU threads while generating; null = 1 for a small model (under 100M parameters: its
+    # matrices are too small to split) and half the cores otherwise, so a shared machine is not
+    # oversubscribed. Printed in the run's log.
+    threads: int | None = None
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters (PEFT) instead of full fine-tuning; r = 0 trains every weight."""
+
+    r: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
 
 @dataclass
@@ -187,6 +201,14 @@ class TrainConfig:
     # How `iterate` runs a train stage: auto (in this process for nproc 1, else torchrun),
     # inprocess, subprocess (a `tripost train` child) or torchrun.
     launcher: str = "auto"
+    # Torch CPU threads per training process; null = half the cores (a shared machine is not
+    # oversubscribed). Printed when training starts.
+    threads: int | None = None
+    # The loss is computed over this many positions at a time (the vocabulary logits of the rest are
+    # never materialised; recomputed in the backward pass), so peak memory grows with the chunk,
+    # not with the sequence. null = all positions at once.
+    loss_chunk: int | None = 256
+    lora: LoraConfig = field(default_factory=LoraConfig)
     log_every_steps: int = 10
     seed: int = 0
 
@@ -571,6 +593,10 @@ def validate(cfg: Config) -> None:
                 "keep_checkpoints"):
         need(getattr(tc, key) >= 1, f"train.{key}", "must be >= 1")
     need(tc.epochs > 0, "train.epochs", "must be > 0")
+    need(tc.threads is None or tc.threads >= 1, "train.threads", "must be >= 1 (or null)")
+    need(tc.loss_chunk is None or tc.loss_chunk >= 1, "train.loss_chunk", "must be >= 1 (or null)")
+    need(tc.lora.r >= 0 and tc.lora.alpha > 0 and 0.0 <= tc.lora.dropout < 1.0, "train.lora",
+         "needs r >= 0, alpha > 0 and dropout in [0, 1)")
     need(tc.learning_rate > 0, "train.learning_rate", "must be > 0")
     need(0.0 <= tc.warmup_ratio < 1.0, "train.warmup_ratio", "must be in [0, 1)")
     need(tc.max_steps is None or tc.max_steps >= 1, "train.max_steps", "must be >= 1 (or null)")
@@ -585,6 +611,7 @@ def validate(cfg: Config) -> None:
         need(gen.max_new_tokens >= 1, f"{section}.max_new_tokens", "must be >= 1")
         need(gen.temperature > 0, f"{section}.temperature", "must be > 0")
         need(0.0 < gen.top_p <= 1.0, f"{section}.top_p", "must be in (0, 1]")
+        need(gen.threads is None or gen.threads >= 1, f"{section}.threads", "must be >= 1 (or null)")
     e = cfg.edit
     for key in ("feedback", "improvement"):
         spec = getattr(e, key)

@@ -23,6 +23,8 @@ Models load with `load_model`; a small Llama model on the CPU is decoded by trip
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generator, Iterator
@@ -159,11 +161,16 @@ class ModelAnswerer:
         import torch
 
         from tripost.formats import prompt_format
+        from tripost.llama_cpu import is_small_cpu_model
 
         self.name, self.gen, self.chat_template = name, gen, chat_template
         self.model, self.tokenizer = load_model(model_dir)
         self.format = prompt_format(chat_template, self.tokenizer)  # how questions are put to it
         self.static_cache = True
+        self.threads = gen.threads or (1 if is_small_cpu_model(self.model) else max(1, (os.cpu_count() or 2) // 2))
+        params = sum(p.numel() for p in self.model.parameters())
+        print(f"[{name}] {Path(model_dir)} ({params / 1e6:.1f}M parameters) on {self.model.device}, "
+              f"torch threads {self.threads}", file=sys.stderr)
         torch.manual_seed(gen.seed)
 
     def batches(self, requests: list[Request]) -> list[list[int]]:
@@ -176,15 +183,12 @@ class ModelAnswerer:
     def answer(self, requests: list[Request]) -> list[Reply]:
         import torch
 
-        from tripost.llama_cpu import is_small_cpu_model
-
         prompts = [r.prompt for r in requests]
         seeds = [self.gen.seed * 1_000_003 + r.seed for r in requests]
         threads = torch.get_num_threads()
-        if is_small_cpu_model(self.model):
-            # A small model's matrices are too small to split across threads; extra threads only
-            # spin and, on a busy machine, made generation 10-20x slower in our measurements.
-            torch.set_num_threads(1)
+        # A small model's matrices are too small to split across threads; extra threads only spin
+        # and, on a busy machine, made generation 10-20x slower in our measurements (gen.threads).
+        torch.set_num_threads(self.threads)
         try:
             try:
                 out = generate_batch(self.model, self.tokenizer, prompts, self.gen, self.static_cache,

@@ -41,7 +41,7 @@ from typing import Callable
 
 import tripost
 from tripost import io
-from tripost.config import MOVED, PROJECT_ROOT, ApiConfig, EditConfig, TrainConfig
+from tripost.config import MOVED, PROJECT_ROOT, ApiConfig, EditConfig, GenerationConfig, TrainConfig
 from tripost.errors import TripostError
 
 MANIFEST = "manifest.json"
@@ -53,7 +53,8 @@ OPERATIONAL_KEYS = {
     EditConfig: {"script_workers", "batch_size"},
     ApiConfig: {"cache_dir", "base_url", "concurrency", "max_retries", "retry_base_s", "retry_max_s", "timeout_s",
                 "batch", "batch_poll_s", "price_input_per_mtok", "price_output_per_mtok", "api_key_env"},
-    TrainConfig: {"save_every_steps", "log_every_steps", "keep_checkpoints", "launcher"},
+    GenerationConfig: {"threads"},
+    TrainConfig: {"save_every_steps", "log_every_steps", "keep_checkpoints", "launcher", "threads"},
 }
 
 

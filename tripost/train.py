@@ -209,25 +209,78 @@ def block_causal_mask(segments, dtype):
     return mask[:, None]
 
 
-def forward_losses(model, batch: dict):
-    """Per-position cross-entropy (0 where there is no target) for a collated micro-batch."""
+def hf_model(module):
+    """The Hugging Face model inside a PEFT wrapper (LoRA layers are injected into it in place)."""
+    from peft import PeftModel
+
+    return module.get_base_model() if isinstance(module, PeftModel) else module
+
+
+def _model_inputs(hf, batch: dict) -> dict:
+    kwargs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
+    if "flash" not in (hf.config._attn_implementation or "eager"):
+        # Flash kernels take no 4D mask; they read packing from position_ids.
+        kwargs["attention_mask"] = block_causal_mask(batch["segments"], hf.dtype)
+    return kwargs
+
+
+def forward_losses(module, batch: dict):
+    """Per-position cross-entropy (0 where there is no target) for a collated micro-batch, from
+    the full logits (what a causal LM's forward returns)."""
     import torch
     import torch.nn.functional as F
 
-    base = getattr(model, "module", model)  # a DeepSpeed engine wraps the HF model
-    impl = getattr(base.config, "_attn_implementation", "eager") or "eager"
-    kwargs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
-    if "flash" not in impl:  # flash kernels take no 4D mask; they read packing from position_ids
-        kwargs["attention_mask"] = block_causal_mask(batch["segments"], base.dtype)
-    logits = model(**kwargs).logits
+    logits = module(**_model_inputs(hf_model(module), batch)).logits
     ce = F.cross_entropy(logits.float().flatten(0, 1), batch["targets"].flatten(), ignore_index=-100,
                          reduction="none")
     return ce.view(batch["targets"].shape).to(torch.float32)
 
 
-def weighted_loss_sum(model, batch: dict):
-    """sum_t weight_t * CE_t over the micro-batch (divide by the step's normaliser)."""
-    return (forward_losses(model, batch) * batch["weights"]).sum()
+def _chunk_loss(head, hidden, targets, weights):
+    import torch.nn.functional as F
+
+    logits = head(hidden).float()
+    ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="none")
+    return (ce.view(targets.shape) * weights).sum()
+
+
+def chunked_loss_sum(module, batch: dict, chunk: int):
+    """sum_t weight_t * CE_t, the vocabulary logits computed `chunk` positions at a time and
+    recomputed in the backward pass (activation checkpointing of the head), so at most one chunk's
+    logits are alive: batch x chunk x vocab floats instead of batch x length x vocab."""
+    from torch.utils.checkpoint import checkpoint
+
+    hf = hf_model(module)
+    hidden = hf.base_model(**_model_inputs(hf, batch)).last_hidden_state
+    head = hf.get_output_embeddings()
+    total = None
+    for start in range(0, hidden.shape[1], chunk):
+        end = start + chunk
+        if not bool((batch["weights"][:, start:end] != 0).any()):
+            continue  # no targets here: nothing to compute
+        part = checkpoint(_chunk_loss, head, hidden[:, start:end], batch["targets"][:, start:end],
+                          batch["weights"][:, start:end], use_reentrant=False)
+        total = part if total is None else total + part
+    return total if total is not None else hidden.sum() * 0.0  # keeps the graph for a dummy batch
+
+
+def weighted_loss_sum(module, batch: dict):
+    """sum_t weight_t * CE_t over the micro-batch from the full logits (divide by the step's
+    normaliser)."""
+    return (forward_losses(module, batch) * batch["weights"]).sum()
+
+
+def chunking_matches(module, batch: dict, chunk: int) -> bool:
+    """Whether the chunked loss equals the full one on a small slice of a batch: a model whose
+    forward does more than head(hidden states) (e.g. logit soft-capping) must use the full logits."""
+    import torch
+
+    small = {k: v[:1, :64] for k, v in batch.items()}
+    small["weights"] = torch.ones_like(small["weights"])
+    small["targets"] = torch.where(small["targets"] < 0, 0, small["targets"])
+    with torch.no_grad():
+        full, part = weighted_loss_sum(module, small).item(), chunked_loss_sum(module, small, chunk).item()
+    return abs(full - part) <= 1e-4 * max(1.0, abs(full))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -325,13 +378,37 @@ def _write_marker(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def save_hf(engine, tokenizer, path: Path, rank: int) -> None:
+def with_lora(model, tc, ds_cfg: dict):
+    """`model` with LoRA adapters (PEFT) on train.lora.target_modules; only they are trained."""
+    from peft import LoraConfig, get_peft_model
+
+    if ds_cfg.get("zero_optimization", {}).get("stage", 0) == 3:
+        raise TripostError("train.lora with ZeRO-3 is not supported (adapters on partitioned weights); "
+                           "use a ZeRO-0/1/2 DeepSpeed config")
+    lc = tc.lora
+    return get_peft_model(model, LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
+                                            target_modules=list(lc.target_modules), task_type="CAUSAL_LM"))
+
+
+def save_hf(engine, tokenizer, path: Path, rank: int, final: bool = False) -> None:
     """Hugging Face weights + tokenizer. ZeRO-3 gathers the partitioned weights first (every rank
-    must take part; rank 0 receives them)."""
+    must take part; rank 0 receives them). With LoRA: the adapter in path/adapter/ (what an engine
+    serving adapters per request loads), and for the final model also the merged weights in path,
+    a normal model directory for every later stage."""
+    from peft import PeftModel
+
+    module = engine.module
+    if isinstance(module, PeftModel):
+        if rank == 0:
+            module.save_pretrained(path / "adapter", safe_serialization=True)
+            if final:
+                module.merge_and_unload().save_pretrained(path, safe_serialization=True)
+            tokenizer.save_pretrained(path)
+        return
     zero3 = engine.zero_optimization_stage() == 3
     state = engine._zero3_consolidated_16bit_state_dict() if zero3 else None
     if rank == 0:
-        engine.module.save_pretrained(path, state_dict=state, safe_serialization=True)
+        module.save_pretrained(path, state_dict=state, safe_serialization=True)
         tokenizer.save_pretrained(path)
 
 
@@ -347,7 +424,7 @@ def save_checkpoint(engine, tokenizer, out_dir: Path, name: str, rank: int, dist
     dist.barrier()
     if state is not None:
         engine.save_checkpoint(str(tmp / "ds"), tag="state", client_state={"tripost": state})
-    save_hf(engine, tokenizer, tmp, rank)
+    save_hf(engine, tokenizer, tmp, rank, final=state is None)
     dist.barrier()
     if rank == 0:
         if state is not None:
@@ -371,7 +448,7 @@ def _fingerprint(examples_path: Path, tc: TrainConfig) -> str:
     """What a checkpoint was made from: the examples and the settings that change the math (how
     often to save or log may differ on resume)."""
     math_keys = {k: v for k, v in to_dict(tc).items()
-                 if k not in ("save_every_steps", "keep_checkpoints", "log_every_steps", "launcher")}
+                 if k not in ("save_every_steps", "keep_checkpoints", "log_every_steps", "launcher", "threads")}
     return io.sha256_json({"examples": io.sha256_file(examples_path), "train": math_keys})[:16]
 
 
@@ -426,14 +503,24 @@ def run_training(tc: TrainConfig, examples_path, model_dir, out_dir) -> dict:
 
     # Model, optimizer, schedule, engine.
     ds_cfg = deepspeed_config(tc)
+    threads = tc.threads or max(1, (os.cpu_count() or 2) // 2)
+    torch.set_num_threads(threads)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    if tc.lora.r > 0:
+        model = with_lora(model, tc, ds_cfg)
+    if rank == 0:
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        print(f"[train] {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters "
+              f"({trainable / 1e6:.2f}M trained{', LoRA r=%d' % tc.lora.r if tc.lora.r else ''}), "
+              f"torch threads {threads}, loss chunk {tc.loss_chunk or 'off'}", file=sys.stderr)
     if _offloads_optimizer(ds_cfg):
         from deepspeed.ops.adam import DeepSpeedCPUAdam  # ZeRO offload needs it (builds a C++ op once)
 
-        optimizer = DeepSpeedCPUAdam(model.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay,
-                                     adamw_mode=True)
+        optimizer = DeepSpeedCPUAdam([p for p in model.parameters() if p.requires_grad], lr=tc.learning_rate,
+                                     weight_decay=tc.weight_decay, adamw_mode=True)
     else:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tc.learning_rate,
+                                      weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc, total_steps))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg)
     device = engine.device
@@ -474,6 +561,12 @@ def run_training(tc: TrainConfig, examples_path, model_dir, out_dir) -> dict:
     window_tokens, window_t = 0, time.time()
     bar = tqdm(total=total_steps, initial=start_step, desc="train", disable=rank != 0, file=sys.stderr)
     engine.train()
+    chunk = tc.loss_chunk
+    if chunk is not None and not chunking_matches(engine.module, {k: v.to(device) for k, v in
+                                                                  collate(epochs[0][0], pad_id).items()}, chunk):
+        print("[train] this model's forward is not head(hidden states): the loss uses the full logits",
+              file=sys.stderr)
+        chunk = None
     for step in range(start_step, total_steps):
         grid = step_batches(step)
         all_rows = [row for acc in grid for mb in acc if mb for row in mb]
@@ -490,7 +583,7 @@ def run_training(tc: TrainConfig, examples_path, model_dir, out_dir) -> dict:
             if mb:
                 totals["slots"] += batch["input_ids"].numel()  # tokens + padding actually computed
             batch = {k: v.to(device) for k, v in batch.items()}
-            wsum = weighted_loss_sum(engine, batch)
+            wsum = weighted_loss_sum(engine, batch) if chunk is None else chunked_loss_sum(engine.module, batch, chunk)
             engine.backward(wsum * scale)
             engine.step()
             local_sum += wsum.detach()
@@ -578,9 +671,15 @@ def train(tc: TrainConfig, examples_path, model_dir, out_dir) -> dict:
         return json.loads((out_dir / "train_stats.json").read_text())
     launcher = tc.launcher if tc.launcher != "auto" else ("inprocess" if tc.nproc == 1 else "torchrun")
     if launcher == "inprocess":
+        import torch
+
         if tc.nproc != 1:
             raise TripostError("config: train.launcher=inprocess runs one process; set train.nproc=1")
-        return run_training(tc, examples_path, model_dir, out_dir)
+        threads = torch.get_num_threads()
+        try:
+            return run_training(tc, examples_path, model_dir, out_dir)
+        finally:
+            torch.set_num_threads(threads)  # the rollouts that follow choose their own
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = out_dir / "train_config.yaml"
     io.write_text(cfg_path, yaml.safe_dump({"train": to_dict(tc)}, sort_keys=False))
