@@ -128,7 +128,7 @@ def test_openai_weight(example_file, tmp_path, capsys):
         assert [m["content"] for m in messages] == [t.text for t in turns(e)]
         assert [m["weight"] for m in messages if m["role"] == "assistant"] == [1] * sum(
             t.role == "assistant" for t in turns(e))
-        assert all(m["weight"] is None for m in messages if m["role"] == "user")  # no weight key: null here
+        assert all("weight" not in m for m in messages if m["role"] == "user")
     # in the file itself the weight is only on assistant messages, and is an integer 0 or 1
     for line in out.read_text().splitlines():
         for m in json.loads(line)["messages"]:
@@ -147,8 +147,8 @@ def test_openai_untrained_assistant_turn(tmp_path, capsys):
     code, _, err = run_cli(capsys, "export", src, "--format", "openai", "--out", tmp_path / "o.jsonl")
     assert code == 0 and "warning" not in err  # 0/1 weights per turn: nothing lost
     messages = load_jsonl(tmp_path / "o.jsonl")[0]["messages"]
-    assert [(m["role"], m["weight"]) for m in messages] == [("user", None), ("assistant", 0), ("user", None),
-                                                             ("assistant", 1)]
+    assert [(m["role"], m.get("weight")) for m in messages] == [("user", None), ("assistant", 0), ("user", None),
+                                                                 ("assistant", 1)]
 
 
 def test_hf_keeps_token_weights(example_file, tokenizer_dir, tmp_path, capsys):

@@ -11,12 +11,17 @@ at most the batch in flight. The resolved config is written beside the output wh
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import sys
+from collections import Counter
 from pathlib import Path
 
 from tripost.config import Config, EditConfig, GenerationConfig, method_config, save_config
 from tripost.engine import ExpertAnswerer, ModelAnswerer
 from tripost.errors import TripostError
 from tripost.experts import make_expert
+from tripost.io import jsonl_objects, write_jsonl
 from tripost.rollout import run_episodes, todo_examples
 
 
@@ -40,15 +45,23 @@ def partner_answerer(name: str, spec: str, gen: GenerationConfig, chat_template:
 
 def rollout_stage(task, gen: GenerationConfig, method: str, method_cfg, chat_template: bool, models: dict,
                   split: str, out_path: Path, stage: str, round: int = 0, progress: bool = True,
-                  partners: dict | None = None, edit_cfg: EditConfig | None = None) -> dict:
+                  partners: dict | None = None, edit_cfg: EditConfig | None = None,
+                  shard: tuple[int, int] | None = None) -> dict:
     """Run the method's rollout episode on every example of `split` not yet in `out_path`: the loop
     collect and evaluate share. `models` ({name: dir}) are the models being trained; `partners`
-    ({name: spec}) answer too but are never trained. Returns counts."""
+    ({name: spec}) answer too but are never trained. With gen.data_parallel = N > 1, N processes
+    each take a shard (`shard` = (k, N): the questions whose id falls in shard k) into a shard file
+    of their own, merged into `out_path` when all are done. Returns counts."""
     from tripost.methods import get_method
 
     m = get_method(method)
     examples = task.load(split)
     todo = todo_examples(examples, {"kept": out_path})
+    if shard is not None:
+        todo = [ex for ex in todo if in_shard(ex.id, *shard)]
+    elif gen.data_parallel > 1 and todo:
+        return data_parallel(task, gen, method, method_cfg, chat_template, models, split, out_path, stage, round,
+                             partners, edit_cfg, len(examples), len(todo))
     counts = {}
     if todo:
         answerers = {name: ModelAnswerer(name, path, gen, chat_template) for name, path in models.items()}
@@ -71,6 +84,63 @@ def rollout_stage(task, gen: GenerationConfig, method: str, method_cfg, chat_tem
     return {"examples": len(examples), "skipped": len(examples) - len(todo), "generated": len(todo),
             "correct_this_run": counts.get("correct", 0),
             "stops_this_run": {k[5:]: v for k, v in sorted(counts.items()) if k.startswith("stop:")}}
+
+
+def in_shard(example_id: str, k: int, n: int) -> bool:
+    """Shard k of n: chosen by the content id, so a question always lands in the same shard."""
+    return int(example_id, 16) % n == k
+
+
+def shard_file(out_path: Path, k: int, n: int) -> Path:
+    return out_path.with_name(f"{out_path.stem}.shard{k}-of-{n}{out_path.suffix}")
+
+
+def _shard_main(k: int, n: int, task_cfg, gen, method, method_cfg, chat_template, models, split, out_path, stage,
+                round, partners, edit_cfg) -> None:
+    """One data-parallel process: its own device (one GPU each), its own shard file."""
+    import ctypes
+    import signal
+
+    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    os.environ["CUDA_VISIBLE_DEVICES"] = visible[k % len(visible)] if visible else str(k)  # one GPU each
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the stage
+    from tripost.tasks import get_task
+
+    rollout_stage(get_task(task_cfg), dataclasses.replace(gen, data_parallel=1), method, method_cfg, chat_template,
+                  models, split, shard_file(out_path, k, n), stage, round, progress=k == 0, partners=partners,
+                  edit_cfg=edit_cfg, shard=(k, n))
+
+
+def data_parallel(task, gen, method, method_cfg, chat_template, models, split, out_path: Path, stage, round,
+                  partners, edit_cfg, n_examples: int, n_todo: int) -> dict:
+    """gen.data_parallel processes, one shard each (a killed shard resumes alone from its file),
+    then one merged output file: the same records as one process would write (sampling seeds come
+    from the questions, not from the process)."""
+    import multiprocessing
+
+    n = gen.data_parallel
+    ctx = multiprocessing.get_context("spawn")  # a fresh process: its own torch, its own device
+    procs = [ctx.Process(target=_shard_main, args=(k, n, task.cfg, gen, method, method_cfg, chat_template, models,
+                                                   split, out_path, stage, round, partners, edit_cfg))
+             for k in range(n)]
+    print(f"[{stage}] {n_todo} questions in {n} data-parallel processes", file=sys.stderr)
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    failed = [k for k, p in enumerate(procs) if p.exitcode != 0]
+    if failed:
+        raise TripostError(f"{stage}: data-parallel shard(s) {failed} failed (see above); rerun to resume them")
+    merged = {d["id"]: d for _, d in jsonl_objects(out_path)} if out_path.exists() else {}
+    new = [d for k in range(n) for _, d in jsonl_objects(shard_file(out_path, k, n), allow_torn_tail=True)]
+    merged.update((d["id"], d) for d in new)
+    write_jsonl(out_path, [merged[i] for i in sorted(merged)])
+    for k in range(n):
+        shard_file(out_path, k, n).unlink()
+    return {"examples": n_examples, "skipped": n_examples - n_todo, "generated": n_todo, "data_parallel": n,
+            "correct_this_run": sum(d["correct"] for d in new),
+            "stops_this_run": dict(sorted(Counter(d["stop"] for d in new).items()))}
 
 
 def collect(task, gen: GenerationConfig, method: str, method_cfg, chat_template: bool, models: dict,

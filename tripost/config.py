@@ -105,6 +105,9 @@ class GenerationConfig:
     # matrices are too small to split) and half the cores otherwise, so a shared machine is not
     # oversubscribed. Printed in the run's log.
     threads: int | None = None
+    # Processes generating at once, each on a shard of the questions (one per GPU; on a CPU,
+    # processes sharing its cores). The merged output is the same as one process's.
+    data_parallel: int = 1
 
 
 @dataclass
@@ -612,6 +615,7 @@ def validate(cfg: Config) -> None:
         need(gen.temperature > 0, f"{section}.temperature", "must be > 0")
         need(0.0 < gen.top_p <= 1.0, f"{section}.top_p", "must be in (0, 1]")
         need(gen.threads is None or gen.threads >= 1, f"{section}.threads", "must be >= 1 (or null)")
+        need(gen.data_parallel >= 1, f"{section}.data_parallel", "must be >= 1")
     e = cfg.edit
     for key in ("feedback", "improvement"):
         spec = getattr(e, key)

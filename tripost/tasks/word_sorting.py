@@ -39,11 +39,24 @@ Ties are resolved depth-first, smallest letter first. Letter numbers: a=1 ... z=
 has run out of letters shows `""` (0) and comes first (so "g" < "governor"); any other character
 (an apostrophe, a dot, &) also counts 0 and, against another 0, goes by its character code, as in
 BIG-bench's plain string sort. `solve(words)` builds these steps; `render` writes them.
+
+Data the format cannot hold is refused, never guessed at (`unsupported_word`, `solve`):
+  * when the task file is loaded, a list with no words, or a word with a double quote, a comma or
+    a square bracket (they delimit words and groups in the steps), a control character, an
+    uppercase letter (letters are numbered a=1 ... z=26 and the checker compares lowercased
+    words, so a case-sensitive order cannot be written), a trailing "." or a leading ":" (the
+    final response would lose it) is one TripostError naming the file and examples[i];
+  * a list whose rationale would be longer than MAX_RATIONALE_CHARS (long shared prefixes, a
+    chain a, aa, aaa, ..., many words) is one TripostError naming the file and the example when
+    its gold rationale is built. `solve` is iterative and stops as soon as the budget is spent
+    (RationaleTooLong), so a hostile list costs no more than that; the feedback script then
+    returns no judgement.
 """
 
 from __future__ import annotations
 
 import json
+import unicodedata
 from dataclasses import dataclass
 
 from tripost import steps
@@ -51,6 +64,9 @@ from tripost.errors import TripostError
 from tripost.tasks.base import Example, Task, make_example
 
 MAX_SEEN_WORDS = 7
+# The longest gold rationale built: the most characters tripost's step parser reads of an attempt,
+# so the feedback script can check every step of it (BIG-bench's longest is about 4,300).
+MAX_RATIONALE_CHARS = steps.MAX_CHARS
 
 ORDINALS = ("first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth "
             "thirteenth fourteenth fifteenth sixteenth seventeenth eighteenth nineteenth twentieth").split()
@@ -167,22 +183,63 @@ def _now_have(words, k) -> NowHave:
     return NowHave(tuple((n, tuple(ws)) for n, _, ws in group_by_letter(words, k)))
 
 
+class RationaleTooLong(ValueError):
+    """The rationale of a list would be longer than the budget `solve` was given."""
+
+
+class _Steps(list):
+    """The steps built so far; appending one past `max_chars` rendered characters raises
+    RationaleTooLong, so building stops as soon as the budget is spent."""
+
+    def __init__(self, max_chars: int):
+        super().__init__()
+        self.max_chars, self.chars = max_chars, 0
+
+    def append(self, step) -> None:
+        self.chars += len(render_step(step)) + 8  # the "(n) " label and the newline
+        if self.chars > self.max_chars:
+            raise RationaleTooLong(f"the rationale would be longer than {self.max_chars:,} characters")
+        super().append(step)
+
+
+def _tied_groups(words: list[str], k: int) -> list[list[str]]:
+    """The groups of `words` that tie on their k-th letter and still need sorting (a repeated
+    word ties with itself for ever, so a group of one distinct word is done)."""
+    return [tied for _, _, tied in group_by_letter(words, k) if len(set(tied)) > 1]
+
+
 def _solve_subpart(words: list[str], k: int, out: list, close: bool = True) -> None:
-    """Sort a tied group on its k-th letter, then its own ties on the next letter, depth-first."""
-    out.append(_letters(words, k, group=words))
-    out.append(_now_have(words, k))
-    for _, _, tied in group_by_letter(words, k):
-        if len(set(tied)) > 1:  # (a repeated word ties with itself for ever)
-            # A group that still ties as a whole is just re-sorted on the next letter; it gets
-            # one "Hence" at the end, not one per letter (as in TriPosT).
-            _solve_subpart(tied, k + 1, out, close=len(tied) < len(words))
-    if close:
-        out.append(Hence(tuple(sort_words(words))))
+    """Sort a tied group on its k-th letter, then its own ties on the next letter, depth-first,
+    smallest letter first. A group that still ties as a whole is just re-sorted on the next letter;
+    it gets one "Hence" at the end, not one per letter (as in TriPosT).
+
+    Iterative (an explicit stack of open subparts): a long shared prefix is as many nested
+    subparts as it has letters, more than Python's recursion limit allows."""
+
+    def open_subpart(words: list[str], k: int, close: bool) -> tuple:
+        out.append(_letters(words, k, group=words))
+        out.append(_now_have(words, k))
+        children = iter([(tied, k + 1, len(tied) < len(words)) for tied in _tied_groups(words, k)])
+        return words, close, children
+
+    stack = [open_subpart(words, k, close)]
+    while stack:
+        group, closes, children = stack[-1]
+        child = next(children, None)
+        if child is not None:
+            stack.append(open_subpart(*child))
+            continue
+        stack.pop()
+        if closes:
+            out.append(Hence(tuple(sort_words(group))))
 
 
-def solve(words: list[str]) -> list:
-    """The structured gold rationale for sorting `words` (in question order)."""
-    out: list = [_letters(words, 0), _now_have(words, 0)]
+def solve(words: list[str], max_chars: int = MAX_RATIONALE_CHARS) -> list:
+    """The structured gold rationale for sorting `words` (in question order). Raises
+    RationaleTooLong when its text would be longer than `max_chars`."""
+    out = _Steps(max_chars)
+    out.append(_letters(words, 0))
+    out.append(_now_have(words, 0))
     blocks = []
     for _, _, tied in group_by_letter(words, 0):
         if len(set(tied)) > 1:
@@ -191,7 +248,7 @@ def solve(words: list[str]) -> list:
     ordered = tuple(w for b in blocks for w in b)
     out.append(Hence(ordered, blocks=tuple(blocks)))
     out.append(Final(ordered))
-    return out
+    return list(out)
 
 
 def render(solution: list) -> str:
@@ -206,6 +263,26 @@ def question_words(question: str) -> list[str]:
     """The words of a word sorting question (everything after the last "List:")."""
     _, sep, rest = question.rpartition("List:")
     return (rest if sep else question).split()
+
+
+def unsupported_word(word: str) -> str | None:
+    """Why the rationale format cannot hold `word` (see the module docstring), or None."""
+    for char, what in (('"', "a double quote"), (",", "a comma"), ("[", "a square bracket"),
+                       ("]", "a square bracket")):
+        if char in word:
+            return f"holds {what} ({char!r}), which delimits words in the rationale"
+    control = next((c for c in word if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn")), None)
+    if control is not None:
+        return f"holds a control or invisible character ({control!r})"
+    upper = next((c for c in word if c.lower() != c), None)
+    if upper is not None:
+        return (f"holds an uppercase letter ({upper!r}): letters are numbered a=1 ... z=26 and words are "
+                "compared lowercased, so a case-sensitive order cannot be written; lowercase the data")
+    if word.endswith("."):
+        return "ends with '.', which the final response would lose"
+    if word.startswith(":"):
+        return "starts with ':', which the final response would lose"
+    return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -232,10 +309,17 @@ class WordSorting(Task):
                     or not isinstance(item.get("target"), str):
                 raise TripostError(f"{path}: examples[{i}] needs string 'input' and 'target'")
             words = item["input"].split()
+            if not words:
+                raise TripostError(f"{path}: examples[{i}]: no words to sort in 'input'")
+            for w in words:
+                problem = unsupported_word(w)
+                if problem is not None:
+                    raise TripostError(f"{path}: examples[{i}]: the word {w!r} {problem}. The word sorting "
+                                       "rationale format cannot hold it: remove or replace such words")
             n = len(words)
             out.append(make_example(self.name, f"{prefix}{list_prefix}{' '.join(words)}",
                                     " ".join(item["target"].split()), subtask=f"words_{n}",
-                                    seen=n <= MAX_SEEN_WORDS))
+                                    seen=n <= MAX_SEEN_WORDS, source=f"{path}: examples[{i}]"))
         return out
 
     def normalize(self, answer: str) -> str:
@@ -244,5 +328,11 @@ class WordSorting(Task):
         return " ".join(answer.strip().lstrip(":").rstrip(".").replace(",", " ").split()).lower()
 
     def gold_rationale(self, example: Example) -> str:
-        return render(solve(question_words(example.question)))
+        try:
+            return render(solve(question_words(example.question)))
+        except RationaleTooLong as e:
+            where = example.meta.get("source") or f"{self.data_file(self.filename)}: {example.question[:80]!r}"
+            raise TripostError(f"{where}: {e} (MAX_RATIONALE_CHARS, the most tripost's step parser reads): "
+                               "its words share long prefixes or there are too many of them; shorten the list "
+                               "or leave it out") from None
 
