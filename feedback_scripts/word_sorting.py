@@ -21,7 +21,11 @@ solution from there, so the result is always judged correct.
 
 `example` is a dict with id, task, question, answer, subtask, seen. Both functions are pure,
 never raise on model garbage (feedback returns None when it cannot judge at all) and run in
-milliseconds. Try it:  python feedback_scripts/word_sorting.py
+milliseconds. A question the rationale format cannot hold (a word with a quote, a comma, a
+bracket, a control character or an uppercase letter; a list whose rationale would be longer than
+MAX_RATIONALE_CHARS: see tripost/tasks/word_sorting.py, which refuses such data when it loads)
+gets no judgement from feedback (None) and an error from improve, never a wrong verdict.
+Try it:  python feedback_scripts/word_sorting.py
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from collections import Counter
 from tripost import steps
 from tripost.tasks.word_sorting import (ORDINALS, Final, Hence, Letters, NowHave, bracket, letter_at,
                                         letter_value, ordinal, question_words, quote, render_step,
-                                        solve, sort_key, word_key)
+                                        solve, sort_key, unsupported_word, word_key)
 
 _ENTRY_RE = re.compile(r'"([^"]*)"\s*=\s*"([^"]*)"\s*\(\s*(-?\d+)\s*\)')
 _SUBPART_RE = re.compile(r"^Now let's sort this subpart\s*\[(.*?)\]\s*by looking at their\s+(\S+)\s+letters?\s*:(.*)$",
@@ -284,6 +288,10 @@ def _example_words(example: dict) -> list[str]:
     words = question_words(question)
     if not words:
         raise ValueError("no words in the question")
+    for w in words:
+        problem = unsupported_word(w)
+        if problem is not None:
+            raise ValueError(f"the word {w!r} {problem}")
     return [w.lower() for w in words]
 
 

@@ -91,8 +91,8 @@ def test_trl_messages(example_file, tmp_path, capsys):
     ds = load_jsonl(out)
     assert ds.column_names == ["messages"]
     improvement, rationale, two_agents = ds["messages"]
-    assert improvement == [{"role": "user", "content": f"Q: {Q1}\nA: "},
-                           {"role": "assistant", "content": ATTEMPT + FEEDBACK_PREFIX + FEEDBACK + UPDATE_PREFIX + UPDATE}]
+    assistant = ATTEMPT + FEEDBACK_PREFIX + FEEDBACK + UPDATE_PREFIX + UPDATE
+    assert improvement == [{"role": "user", "content": f"Q: {Q1}\nA: "}, {"role": "assistant", "content": assistant}]
     assert rationale == [{"role": "user", "content": f"Q: {Q2}\nA: "}, {"role": "assistant", "content": RATIONALE}]
     assert [m["role"] for m in two_agents] == ["user", "assistant", "user", "assistant"]
     assert [m["content"] for m in two_agents] == [f"Q: {Q1}\nA: ", ATTEMPT, "\n" + REMARK + "\n", UPDATE]
@@ -107,7 +107,8 @@ def test_llamafactory_loss_weight(example_file, tmp_path, capsys):
     ds = load_jsonl(out)
     improvement, rationale, two_agents = ds["messages"]
     assert [m["role"] for m in improvement] == ["user", "assistant"]
-    assert improvement[0] == {"role": "user", "content": [{"type": "text", "value": f"Q: {Q1}\nA: "}], "loss_weight": 0.0}
+    assert improvement[0] == {"role": "user", "content": [{"type": "text", "value": f"Q: {Q1}\nA: "}],
+                              "loss_weight": 0.0}
     assistant = ATTEMPT + FEEDBACK_PREFIX + FEEDBACK + UPDATE_PREFIX + UPDATE
     assert improvement[1]["content"] == [{"type": "text", "value": assistant}]
     mean = (len(ATTEMPT) * 1.0 + (len(FEEDBACK_PREFIX + FEEDBACK) + len(UPDATE_PREFIX + UPDATE)) * 1.5) / len(assistant)
@@ -160,7 +161,8 @@ def test_hf_keeps_token_weights(example_file, tokenizer_dir, tmp_path, capsys):
     assert code == 0, err
     assert "warning" not in err
     ds = datasets.load_from_disk(str(out))
-    assert {"id", "model", "kind", "source_id", "task", "subtask", "text", "input_ids", "weights"} <= set(ds.column_names)
+    columns = {"id", "model", "kind", "source_id", "task", "subtask", "text", "input_ids", "weights"}
+    assert columns <= set(ds.column_names)
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     max_length = TrainConfig().max_length  # outside a run: the trainer's default
     assert len(ds) == 3
@@ -176,6 +178,19 @@ def test_hf_keeps_token_weights(example_file, tokenizer_dir, tmp_path, capsys):
     assert 1.5 in ds[0]["weights"] and 0.0 in ds[0]["weights"] and 1.0 in ds[0]["weights"]
     # rerunning into the same directory replaces the saved dataset
     assert run_cli(capsys, "export", example_file, "--format", "hf", "--out", out, "--tokenizer", tokenizer_dir)[0] == 0
+
+
+def test_empty_example_file(tmp_path, tokenizer_dir, capsys):
+    """A model with no examples this round: empty outputs that still load."""
+    src = tmp_path / "learner.jsonl"
+    io.write_jsonl(src, [])
+    code, out, err = run_cli(capsys, "export", src, "--format", "openai", "--out", tmp_path / "o.jsonl")
+    assert code == 0 and "learner.jsonl: no examples" in out and (tmp_path / "o.jsonl").read_text() == ""
+    code, out, err = run_cli(capsys, "export", src, "--format", "hf", "--out", tmp_path / "hf",
+                             "--tokenizer", tokenizer_dir)
+    assert code == 0, err
+    ds = datasets.load_from_disk(str(tmp_path / "hf"))
+    assert len(ds) == 0 and "weights" in ds.column_names
 
 
 def test_hf_needs_a_tokenizer_outside_a_run(example_file, tmp_path, capsys):
@@ -194,7 +209,8 @@ def test_chat_template_examples_only_in_hf(tmp_path, tokenizer_dir, capsys):
         code, _, err = run_cli(capsys, "export", src, "--format", fmt, "--out", tmp_path / f"{fmt}.jsonl")
         assert code == 2 and err.startswith("error: 1 of 1 examples were rendered with the tokenizer's chat template")
         assert "--format hf" in err and not (tmp_path / f"{fmt}.jsonl").exists()
-    code, _, err = run_cli(capsys, "export", src, "--format", "hf", "--out", tmp_path / "hf", "--tokenizer", tokenizer_dir)
+    code, _, err = run_cli(capsys, "export", src, "--format", "hf", "--out", tmp_path / "hf",
+                           "--tokenizer", tokenizer_dir)
     assert code == 0, err
     from transformers import AutoTokenizer
 

@@ -96,15 +96,17 @@ def shard_file(out_path: Path, k: int, n: int) -> Path:
 
 
 def _shard_main(k: int, n: int, task_cfg, gen, method, method_cfg, chat_template, models, split, out_path, stage,
-                round, partners, edit_cfg) -> None:
-    """One data-parallel process: its own device (one GPU each), its own shard file."""
-    import ctypes
-    import signal
+                round, partners, edit_cfg, under_ray: bool = False) -> None:
+    """One data-parallel process: its own device (one GPU each), its own shard file. Under Ray the
+    scheduler gives it its GPU and owns its lifetime."""
+    if not under_ray:
+        import ctypes
+        import signal
 
-    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-    os.environ["CUDA_VISIBLE_DEVICES"] = visible[k % len(visible)] if visible else str(k)  # one GPU each
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the stage
+        visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible[k % len(visible)] if visible else str(k)  # one GPU each
+        if sys.platform.startswith("linux"):
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the stage
     from tripost.tasks import get_task
 
     rollout_stage(get_task(task_cfg), dataclasses.replace(gen, data_parallel=1), method, method_cfg, chat_template,
@@ -112,24 +114,50 @@ def _shard_main(k: int, n: int, task_cfg, gen, method, method_cfg, chat_template
                   edit_cfg=edit_cfg, shard=(k, n))
 
 
+def _run_processes(args: list[tuple]) -> list[int]:
+    """One spawned process per shard on this machine; the shards that failed."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # a fresh process: its own torch, its own device
+    procs = [ctx.Process(target=_shard_main, args=a) for a in args]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    return [k for k, p in enumerate(procs) if p.exitcode != 0]
+
+
+def _run_ray(args: list[tuple]) -> list[int]:
+    """One Ray task per shard, on the cluster RAY_ADDRESS names (or a local one): a GPU each when
+    the cluster has GPUs. The shard files must be on a filesystem every node sees."""
+    try:
+        import ray
+    except ImportError:
+        raise TripostError("collect.parallel=ray needs the ray package: pip install 'tripost[ray]'") from None
+    ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True, log_to_driver=True)
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    task = ray.remote(num_gpus=gpus, num_cpus=1, max_retries=0)(_shard_main)
+    refs = [task.remote(*a, under_ray=True) for a in args]
+    failed = []
+    for k, ref in enumerate(refs):
+        try:
+            ray.get(ref)
+        except ray.exceptions.RayError as e:
+            print(f"shard {k}: {e}", file=sys.stderr)
+            failed.append(k)
+    return failed
+
+
 def data_parallel(task, gen, method, method_cfg, chat_template, models, split, out_path: Path, stage, round,
                   partners, edit_cfg, n_examples: int, n_todo: int) -> dict:
     """gen.data_parallel processes, one shard each (a killed shard resumes alone from its file),
     then one merged output file: the same records as one process would write (sampling seeds come
     from the questions, not from the process)."""
-    import multiprocessing
-
     n = gen.data_parallel
-    ctx = multiprocessing.get_context("spawn")  # a fresh process: its own torch, its own device
-    procs = [ctx.Process(target=_shard_main, args=(k, n, task.cfg, gen, method, method_cfg, chat_template, models,
-                                                   split, out_path, stage, round, partners, edit_cfg))
-             for k in range(n)]
-    print(f"[{stage}] {n_todo} questions in {n} data-parallel processes", file=sys.stderr)
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
-    failed = [k for k, p in enumerate(procs) if p.exitcode != 0]
+    args = [(k, n, task.cfg, gen, method, method_cfg, chat_template, models, split, out_path, stage, round, partners,
+             edit_cfg) for k in range(n)]
+    print(f"[{stage}] {n_todo} questions in {n} data-parallel {gen.parallel}", file=sys.stderr)
+    failed = _run_ray(args) if gen.parallel == "ray" else _run_processes(args)
     if failed:
         raise TripostError(f"{stage}: data-parallel shard(s) {failed} failed (see above); rerun to resume them")
     merged = {d["id"]: d for _, d in jsonl_objects(out_path)} if out_path.exists() else {}

@@ -108,6 +108,9 @@ class GenerationConfig:
     # Processes generating at once, each on a shard of the questions (one per GPU; on a CPU,
     # processes sharing its cores). The merged output is the same as one process's.
     data_parallel: int = 1
+    # How they run: "processes" on this machine, or "ray" tasks on the cluster RAY_ADDRESS names
+    # (a local one when unset; several nodes need the run directory on a shared filesystem).
+    parallel: str = "processes"
 
 
 @dataclass
@@ -202,8 +205,12 @@ class TrainConfig:
     # Processes that train() starts (torchrun, one per GPU); 1 = a single process.
     nproc: int = 1
     # How `iterate` runs a train stage: auto (in this process for nproc 1, else torchrun),
-    # inprocess, subprocess (a `tripost train` child) or torchrun.
+    # inprocess, subprocess (a `tripost train` child), torchrun (nproc processes on this node),
+    # deepspeed (the DeepSpeed launcher: nodes and GPUs from `hostfile`, started over ssh/pdsh), or
+    # command (`launch_command` + "-m tripost train ...": srun, mpirun, a multi-node torchrun).
     launcher: str = "auto"
+    hostfile: str | None = None
+    launch_command: str | None = None
     # Torch CPU threads per training process; null = half the cores (a shared machine is not
     # oversubscribed). Printed when training starts.
     threads: int | None = None
@@ -590,8 +597,10 @@ def validate(cfg: Config) -> None:
     need(tc.lr_schedule in ("cosine", "linear", "constant"), "train.lr_schedule",
          "must be cosine, linear or constant")
     need(tc.bf16 in ("auto", "true", "false"), "train.bf16", "must be auto, true or false")
-    need(tc.launcher in ("auto", "inprocess", "subprocess", "torchrun"), "train.launcher",
-         "must be auto, inprocess, subprocess or torchrun")
+    need(tc.launcher in ("auto", "inprocess", "subprocess", "torchrun", "deepspeed", "command"), "train.launcher",
+         "must be auto, inprocess, subprocess, torchrun, deepspeed or command")
+    need(tc.launcher != "command" or bool(tc.launch_command), "train.launch_command",
+         "is needed with train.launcher=command (e.g. 'srun torchrun --nnodes 2 --nproc_per_node 8 ...')")
     for key in ("micro_batch_size", "gradient_accumulation_steps", "max_length", "nproc", "log_every_steps",
                 "keep_checkpoints"):
         need(getattr(tc, key) >= 1, f"train.{key}", "must be >= 1")
@@ -616,6 +625,7 @@ def validate(cfg: Config) -> None:
         need(0.0 < gen.top_p <= 1.0, f"{section}.top_p", "must be in (0, 1]")
         need(gen.threads is None or gen.threads >= 1, f"{section}.threads", "must be >= 1 (or null)")
         need(gen.data_parallel >= 1, f"{section}.data_parallel", "must be >= 1")
+        need(gen.parallel in ("processes", "ray"), f"{section}.parallel", "must be processes or ray")
     e = cfg.edit
     for key in ("feedback", "improvement"):
         spec = getattr(e, key)

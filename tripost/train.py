@@ -43,6 +43,7 @@ import json
 import math
 import os
 import random
+import shlex
 import shutil
 import signal
 import socket
@@ -448,7 +449,8 @@ def _fingerprint(examples_path: Path, tc: TrainConfig) -> str:
     """What a checkpoint was made from: the examples and the settings that change the math (how
     often to save or log may differ on resume)."""
     math_keys = {k: v for k, v in to_dict(tc).items()
-                 if k not in ("save_every_steps", "keep_checkpoints", "log_every_steps", "launcher", "threads")}
+                 if k not in ("save_every_steps", "keep_checkpoints", "log_every_steps", "launcher", "threads",
+                              "hostfile", "launch_command")}
     return io.sha256_json({"examples": io.sha256_file(examples_path), "train": math_keys})[:16]
 
 
@@ -539,7 +541,9 @@ def run_training(tc: TrainConfig, examples_path, model_dir, out_dir) -> dict:
         random.setstate(_unjson_random(state["python_rng"]))
         torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
         if rank == 0:
-            print(f"resuming from {ckpt} (step {start_step}/{total_steps})", file=sys.stderr)
+            print(f"resuming {out_dir} from step {start_step} of {total_steps}", file=sys.stderr)
+    elif rank == 0 and _earlier_attempt(out_dir):
+        print(f"starting over {out_dir}: no complete checkpoint", file=sys.stderr)
 
     writer = log = None
     if rank == 0:
@@ -547,8 +551,15 @@ def run_training(tc: TrainConfig, examples_path, model_dir, out_dir) -> dict:
 
         out_dir.mkdir(parents=True, exist_ok=True)
         io.write_text(out_dir / "config.yaml", yaml.safe_dump({"train": to_dict(tc)}, sort_keys=False))
-        writer = SummaryWriter(str(out_dir / "tensorboard"))
-        log = io.JsonlAppender(out_dir / "train_log.jsonl")
+        # A killed attempt may have logged steps past the checkpoint resumed from (past step 0 when
+        # there is none): keep the log up to that step, and rebuild TensorBoard from what is kept,
+        # so both show one curve with no step twice.
+        kept = _truncate_log(out_dir / LOG_FILE, start_step)
+        shutil.rmtree(out_dir / TENSORBOARD_DIR, ignore_errors=True)
+        writer = SummaryWriter(str(out_dir / TENSORBOARD_DIR))
+        for record in kept:
+            _add_scalars(writer, record)
+        log = io.JsonlAppender(out_dir / LOG_FILE)
 
     # Token counts are a pure function of the data order, so every rank knows the whole step's
     # normaliser before its first backward.
@@ -598,10 +609,9 @@ def run_training(tc: TrainConfig, examples_path, model_dir, out_dir) -> dict:
             now = time.time()
             tps = window_tokens / max(now - window_t, 1e-9)
             lr = scheduler.get_last_lr()[0]
-            writer.add_scalar("train/loss", loss_value, done)
-            writer.add_scalar("train/lr", lr, done)
-            writer.add_scalar("train/tokens_per_s", tps, done)
-            log.write(json.dumps({"step": done, "loss": loss_value, "lr": lr, "tokens_per_s": tps}))
+            record = {"step": done, "loss": loss_value, "lr": lr, "tokens_per_s": tps}
+            _add_scalars(writer, record)
+            log.write(json.dumps(record))
             log.flush()
             bar.set_postfix(loss=f"{loss_value:.4f}")
             window_tokens, window_t = 0, now
@@ -641,6 +651,31 @@ def run_training(tc: TrainConfig, examples_path, model_dir, out_dir) -> dict:
         (out_dir / "train_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     dist.barrier()
     return stats
+
+
+LOG_FILE, TENSORBOARD_DIR = "train_log.jsonl", "tensorboard"
+
+
+def _earlier_attempt(out_dir: Path) -> bool:
+    """An interrupted run left something in out_dir (a log, TensorBoard files, checkpoints)."""
+    return any((out_dir / name).exists() for name in (LOG_FILE, TENSORBOARD_DIR, "checkpoints"))
+
+
+def _truncate_log(path: Path, step: int) -> list[dict]:
+    """Keep the lines of train_log.jsonl up to `step` (the checkpoint being resumed; 0 = none):
+    the file is rewritten atomically, and its kept records returned."""
+    if not path.exists():
+        return []
+    kept = [r for _, r in io.jsonl_objects(path, allow_torn_tail=True)
+            if isinstance(r.get("step"), int) and r["step"] <= step]
+    io.write_jsonl(path, kept)
+    return kept
+
+
+def _add_scalars(writer, record: dict) -> None:
+    """One train_log.jsonl record as TensorBoard scalars."""
+    for key in ("loss", "lr", "tokens_per_s"):
+        writer.add_scalar(f"train/{key}", record[key], record["step"])
 
 
 def _unjson_random(state):
@@ -683,14 +718,24 @@ def train(tc: TrainConfig, examples_path, model_dir, out_dir) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = out_dir / "train_config.yaml"
     io.write_text(cfg_path, yaml.safe_dump({"train": to_dict(tc)}, sort_keys=False))
-    args = ["-m", "tripost", "train", "--examples", str(examples_path), "--model", str(model_dir),
-            "--out", str(out_dir), "--config", str(cfg_path)]
-    if launcher == "torchrun":
-        args = ["-m", "torch.distributed.run", "--nproc_per_node", str(tc.nproc),
-                "--master_port", str(_free_port())] + args
+    args = ["train", "--examples", str(Path(examples_path).resolve()), "--model", str(Path(model_dir).resolve()),
+            "--out", str(out_dir.resolve()), "--config", str(cfg_path.resolve())]
+    if launcher == "subprocess":
+        cmd = [sys.executable, "-m", "tripost"] + args
+    elif launcher == "torchrun":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(tc.nproc),
+               "--master_port", str(_free_port()), "-m", "tripost"] + args
+    elif launcher == "deepspeed":
+        # The DeepSpeed launcher starts the ranks of every node of the hostfile (ssh/pdsh); paths
+        # are absolute, so nodes that share this filesystem find the data and the model.
+        cmd = ["deepspeed", "--no_local_rank", "--master_port", str(_free_port())]
+        cmd += ["--hostfile", str(resolve_path(tc.hostfile))] if tc.hostfile else ["--num_gpus", str(tc.nproc)]
+        cmd += ["--module", "tripost"] + args
+    else:  # command: the user's launcher prefix, e.g. srun torchrun ...
+        cmd = shlex.split(tc.launch_command) + ["-m", "tripost"] + args
+    print(f"[train] {' '.join(cmd)}", file=sys.stderr)
     env = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
-    proc = subprocess.run([sys.executable] + args, env=env,
-                          preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    proc = subprocess.run(cmd, env=env, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     if proc.returncode != 0:
         raise TripostError(f"training failed (exit {proc.returncode}); see the output above. "
                            f"Rerun to resume from the last checkpoint in {out_dir / 'checkpoints'}")

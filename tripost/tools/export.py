@@ -35,8 +35,12 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from tripost import io
+from tripost.config import TrainConfig, load_config
 from tripost.errors import TripostError
 from tripost.records import Segment, TrainingExample
+from tripost.runner import is_done
+from tripost.tools.inspect import load_records, role_weights_of, tokenizer_for
 
 FORMATS = ("trl", "trl-messages", "llamafactory", "openai", "hf")
 MESSAGE_FORMATS = FORMATS[:-1]
@@ -69,8 +73,6 @@ def run_dir_of(path: Path) -> Path | None:
 
 def process_stages(run: Path) -> list[Path]:
     """Every finished process stage of a run (warm-up, rounds, baseline, arms), in path order."""
-    from tripost.runner import is_done
-
     found = [p for name in STAGE_NAMES for p in run.rglob(name) if p.is_dir() and is_done(p)]
     return sorted(found, key=lambda p: p.relative_to(run).parts)
 
@@ -100,8 +102,6 @@ def stage_files(stage: Path) -> list[Path]:
 def input_files(source: Path, stage: str | None) -> list[Path]:
     """The example files to export: `source` itself (a file), a stage directory's files, or the
     files of the stages `stage` picks in a run directory (default "latest")."""
-    from tripost.runner import is_done
-
     if not source.exists():
         raise TripostError(f"{source}: file not found")
     if source.is_file():
@@ -127,10 +127,8 @@ def input_files(source: Path, stage: str | None) -> list[Path]:
     return stage_files(chosen)
 
 
-def read_examples(path: Path, role_weights: dict | None) -> list[TrainingExample]:
+def examples_of(path: Path, role_weights: dict | None) -> list[TrainingExample]:
     """The training examples of one file (layout-1 files with their run's role weights)."""
-    from tripost.tools.inspect import load_records
-
     records = load_records(path, role_weights)
     other = [r for r in records if not isinstance(r, TrainingExample)]
     if other:
@@ -141,8 +139,6 @@ def read_examples(path: Path, role_weights: dict | None) -> list[TrainingExample
 
 def run_config(run: Path | None):
     """The config of a run directory, or None."""
-    from tripost.config import load_config
-
     return load_config(run / "config.yaml", older=True) if run is not None else None
 
 
@@ -325,7 +321,10 @@ def write_hf(rows: list[dict], out: Path) -> None:
 
     if out.is_file() or (out.is_dir() and any(out.iterdir()) and not (out / "state.json").is_file()):
         raise TripostError(f"--out {out}: exists and is not a saved dataset; choose a new directory")
-    datasets.Dataset.from_list(rows, features=hf_features()).save_to_disk(str(out))
+    features = hf_features()
+    columns = {name: [row[name] for row in rows] for name in features}
+    # An empty dataset needs its one (empty) shard written, or load_from_disk cannot read it back.
+    datasets.Dataset.from_dict(columns, features=features).save_to_disk(str(out), num_shards=None if rows else 1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -333,8 +332,6 @@ def write_hf(rows: list[dict], out: Path) -> None:
 
 
 def main(args, cfg=None) -> int:
-    from tripost import io
-
     fmt = args.format
     if fmt not in FORMATS:
         raise TripostError(f"--format {fmt!r}: unknown format; formats: {', '.join(FORMATS)}")
@@ -345,20 +342,15 @@ def main(args, cfg=None) -> int:
         raise TripostError(f"--out {out}: that is an input file")
     run = run_dir_of(files[0])
     run_cfg = run_config(run)
-    from tripost.tools.inspect import role_weights_of
-
     role_weights = role_weights_of(run_cfg)
     examples: list[tuple[str, TrainingExample]] = []
     counts: dict[Path, Counter] = {}
     for f in files:
-        mine = read_examples(f, role_weights)
+        mine = examples_of(f, role_weights)
         counts[f] = Counter(e.model for e in mine)
         examples += [(stage_of(f, run), e) for e in mine]
 
     if fmt == "hf":
-        from tripost.config import TrainConfig
-        from tripost.tools.inspect import tokenizer_for
-
         tokenizer, where_from = tokenizer_for(files[0], args.tokenizer)
         max_length = args.max_length or (run_cfg.train.max_length if run_cfg is not None else TrainConfig().max_length)
         rows, cut = hf_rows(examples, tokenizer, max_length)
