@@ -105,6 +105,9 @@ class GenerationConfig:
     # matrices are too small to split) and half the cores otherwise, so a shared machine is not
     # oversubscribed. Printed in the run's log.
     threads: int | None = None
+    # Generation engine: hf (Hugging Face, with tripost's CPU decode loop for small Llama models) or
+    # vllm (offline vLLM; an optional install, see docs/real_models.md).
+    backend: str = "hf"
     # Processes generating at once, each on a shard of the questions (one per GPU; on a CPU,
     # processes sharing its cores). The merged output is the same as one process's.
     data_parallel: int = 1
@@ -625,6 +628,7 @@ def validate(cfg: Config) -> None:
         need(0.0 < gen.top_p <= 1.0, f"{section}.top_p", "must be in (0, 1]")
         need(gen.threads is None or gen.threads >= 1, f"{section}.threads", "must be >= 1 (or null)")
         need(gen.data_parallel >= 1, f"{section}.data_parallel", "must be >= 1")
+        need(gen.backend in ("hf", "vllm"), f"{section}.backend", "must be hf or vllm")
         need(gen.parallel in ("processes", "ray"), f"{section}.parallel", "must be processes or ray")
     e = cfg.edit
     for key in ("feedback", "improvement"):

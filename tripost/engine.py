@@ -129,7 +129,7 @@ def generate_batch(model, tokenizer, prompts: list[str], gen: GenerationConfig, 
                 torch.manual_seed(seeds[0])
             new = _hf_generate(model, tokenizer, enc, gen, static_cache)
     texts = tokenizer.batch_decode(new, skip_special_tokens=True)
-    texts = [_drop_prefix(t, p[len(tp):]) for t, p, tp in zip(texts, prompts, trimmed)]
+    texts = [drop_prefix(t, p[len(tp):]) for t, p, tp in zip(texts, prompts, trimmed)]
     cut = [new.shape[1] >= gen.max_new_tokens and tokenizer.eos_token_id not in row.tolist() for row in new]
     return list(zip(texts, cut))
 
@@ -150,12 +150,16 @@ def _hf_generate(model, tokenizer, enc, gen: GenerationConfig, static_cache: boo
     return out[:, enc["input_ids"].shape[1]:]
 
 
-def _drop_prefix(text: str, prefix: str) -> str:
+def drop_prefix(text: str, prefix: str) -> str:
+    """The generated text without the part of the prompt that was cut off before generating."""
     return text[len(prefix):] if text.startswith(prefix) else text.lstrip(" ")
 
 
 class ModelAnswerer:
-    """A local model answering "generate" requests, in length-sorted batches of gen.batch_size."""
+    """A local model answering "generate" requests: with gen.backend "hf" (Hugging Face, our CPU
+    decode loop for small Llama models) in length-sorted batches of gen.batch_size; with "vllm"
+    all of a level at once (vLLM schedules them), one engine per base model shared by every model
+    that is a LoRA adapter on it (tripost/vllm_engine.py)."""
 
     def __init__(self, name: str, model_dir, gen: GenerationConfig, chat_template: bool = False):
         import torch
@@ -164,16 +168,24 @@ class ModelAnswerer:
         from tripost.llama_cpu import is_small_cpu_model
 
         self.name, self.gen, self.chat_template = name, gen, chat_template
-        self.model, self.tokenizer = load_model(model_dir)
-        self.format = prompt_format(chat_template, self.tokenizer)  # how questions are put to it
         self.static_cache = True
-        self.threads = gen.threads or (1 if is_small_cpu_model(self.model) else max(1, (os.cpu_count() or 2) // 2))
-        params = sum(p.numel() for p in self.model.parameters())
-        print(f"[{name}] {Path(model_dir)} ({params / 1e6:.1f}M parameters) on {self.model.device}, "
-              f"torch threads {self.threads}", file=sys.stderr)
+        if gen.backend == "vllm":
+            self.engine, self.adapter = vllm_engine(check_model_dir(model_dir), gen)
+            self.tokenizer, self.model = self.engine.tokenizer, None
+            self.threads = torch.get_num_threads()
+            where = f"vLLM engine on {self.engine.model_dir}" + (f", adapter {self.adapter}" if self.adapter else "")
+        else:
+            self.model, self.tokenizer = load_model(model_dir)
+            self.threads = gen.threads or (1 if is_small_cpu_model(self.model) else max(1, (os.cpu_count() or 2) // 2))
+            params = sum(p.numel() for p in self.model.parameters())
+            where = f"{params / 1e6:.1f}M parameters on {self.model.device}, torch threads {self.threads}"
+        self.format = prompt_format(chat_template, self.tokenizer)  # how questions are put to it
+        print(f"[{name}] {Path(model_dir)}: {where}", file=sys.stderr)
         torch.manual_seed(gen.seed)
 
     def batches(self, requests: list[Request]) -> list[list[int]]:
+        if self.gen.backend == "vllm":
+            return [list(range(len(requests)))]
         prompts = [r.prompt for r in requests]
         lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=not self.chat_template)["input_ids"]]
         order = sorted(range(len(requests)), key=lambda i: lengths[i])
@@ -185,22 +197,54 @@ class ModelAnswerer:
 
         prompts = [r.prompt for r in requests]
         seeds = [self.gen.seed * 1_000_003 + r.seed for r in requests]
+        g = self.gen
+        if g.backend == "vllm":
+            out = self.engine.generate(prompts, g.max_new_tokens, g.do_sample, g.temperature, g.top_p, seeds,
+                                       [self.adapter] * len(prompts) if self.adapter else None,
+                                       add_special_tokens=not self.chat_template)
+            return [Reply(text=text, truncated=cut, author=f"model:{self.name}") for text, cut in out]
         threads = torch.get_num_threads()
         # A small model's matrices are too small to split across threads; extra threads only spin
         # and, on a busy machine, made generation 10-20x slower in our measurements (gen.threads).
         torch.set_num_threads(self.threads)
         try:
             try:
-                out = generate_batch(self.model, self.tokenizer, prompts, self.gen, self.static_cache,
-                                     self.chat_template, seeds)
+                out = generate_batch(self.model, self.tokenizer, prompts, g, self.static_cache, self.chat_template, seeds)
             except (ValueError, NotImplementedError, TypeError):
                 if not self.static_cache:
                     raise
                 self.static_cache = False  # this architecture has no static cache
-                out = generate_batch(self.model, self.tokenizer, prompts, self.gen, False, self.chat_template, seeds)
+                out = generate_batch(self.model, self.tokenizer, prompts, g, False, self.chat_template, seeds)
         finally:
             torch.set_num_threads(threads)
         return [Reply(text=text, truncated=cut, author=f"model:{self.name}") for text, cut in out]
+
+
+# One vLLM engine per base model in a process: starting one takes a minute, and the models of a
+# stage that are adapters on one base (the agents of a multi-agent run) share it.
+_VLLM_ENGINES: dict[str, object] = {}
+
+
+def vllm_engine(model_dir: Path, gen: GenerationConfig):
+    """(engine, adapter dir or None) for a model directory: a LoRA-trained model (train.lora keeps
+    its adapter in model/adapter/, trained on the base its adapter_config.json names) is served as
+    that adapter on the base's engine, when the base is still there; otherwise the model itself."""
+    import json
+
+    from tripost.vllm_engine import VllmEngine
+
+    base, adapter = model_dir, None
+    config = model_dir / "adapter" / "adapter_config.json"
+    if config.is_file():
+        named = Path(json.loads(config.read_text())["base_model_name_or_path"])
+        if (named / "config.json").is_file():
+            base, adapter = named, str(model_dir / "adapter")
+    key = str(base.resolve())
+    if key not in _VLLM_ENGINES:
+        positions = json.loads((base / "config.json").read_text()).get("max_position_embeddings", 4096)
+        _VLLM_ENGINES[key] = VllmEngine(base, seed=gen.seed, max_model_len=min(positions, 8192),
+                                        enable_lora=adapter is not None, max_num_seqs=max(gen.batch_size, 1))
+    return _VLLM_ENGINES[key], adapter
 
 
 # ----------------------------------------------------------------------------------------------

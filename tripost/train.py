@@ -379,14 +379,30 @@ def _write_marker(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def with_lora(model, tc, ds_cfg: dict):
-    """`model` with LoRA adapters (PEFT) on train.lora.target_modules; only they are trained."""
-    from peft import LoraConfig, get_peft_model
+def load_for_training(model_dir, tc, ds_cfg: dict):
+    """The model to train: all of it, or (train.lora) LoRA adapters on it, only they trained. A
+    model that was itself LoRA-trained (its adapter in model/adapter/) goes on training that same
+    adapter on the same base, so every round's adapter stays an adapter of one base model (which
+    lets a vLLM engine serve the agents of a run as adapters of one base)."""
+    import json
 
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    if tc.lora.r == 0:
+        return AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     if ds_cfg.get("zero_optimization", {}).get("stage", 0) == 3:
         raise TripostError("train.lora with ZeRO-3 is not supported (adapters on partitioned weights); "
                            "use a ZeRO-0/1/2 DeepSpeed config")
+    adapter = Path(model_dir) / "adapter"
+    if (adapter / "adapter_config.json").is_file():
+        base = Path(json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"])
+        if (base / "config.json").is_file():
+            model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+            return PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
     lc = tc.lora
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     return get_peft_model(model, LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
                                             target_modules=list(lc.target_modules), task_type="CAUSAL_LM"))
 
@@ -463,6 +479,7 @@ def run_training(tc: TrainConfig, examples_path, model_dir, out_dir) -> dict:
     out_dir, examples_path = Path(out_dir), Path(examples_path)
     if model_dir is None:
         raise TripostError("train: no model to start from (give --model or config 'model')")
+    model_dir = Path(model_dir).resolve()  # a LoRA adapter records its base model by this path
     if is_complete(out_dir / "model") and (out_dir / "train_stats.json").is_file():
         return json.loads((out_dir / "train_stats.json").read_text())  # already done
 
@@ -507,9 +524,7 @@ def run_training(tc: TrainConfig, examples_path, model_dir, out_dir) -> dict:
     ds_cfg = deepspeed_config(tc)
     threads = tc.threads or max(1, (os.cpu_count() or 2) // 2)
     torch.set_num_threads(threads)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-    if tc.lora.r > 0:
-        model = with_lora(model, tc, ds_cfg)
+    model = load_for_training(model_dir, tc, ds_cfg)
     if rank == 0:
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         print(f"[train] {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters "

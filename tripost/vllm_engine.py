@@ -39,7 +39,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tripost.errors import TripostError
-from tripost.rollout import _drop_prefix
+from tripost.engine import drop_prefix
 
 
 class VllmEngine:
@@ -71,8 +71,9 @@ class VllmEngine:
 
     def generate(self, prompts: list[str], max_new_tokens: int, do_sample: bool = False, temperature: float = 1.0,
                  top_p: float = 1.0, seeds: list[int] | None = None,
-                 lora_dirs: list[str | None] | None = None) -> list[tuple[str, bool]]:
-        """Continue each prompt; per prompt (new text, truncated), in the order given."""
+                 lora_dirs: list[str | None] | None = None, add_special_tokens: bool = True) -> list[tuple[str, bool]]:
+        """Continue each prompt; per prompt (new text, truncated), in the order given.
+        `add_special_tokens`: False for prompts rendered with the chat template (they carry their own)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -81,7 +82,7 @@ class VllmEngine:
         if lora_dirs is not None and len(lora_dirs) != len(prompts):
             raise TripostError(f"{len(lora_dirs)} lora_dirs for {len(prompts)} prompts")
         trimmed = [p.rstrip(" ") for p in prompts]  # as rollout.generate_batch does, see there
-        ids = self.tokenizer(trimmed)["input_ids"]
+        ids = self.tokenizer(trimmed, add_special_tokens=add_special_tokens)["input_ids"]
         requests = [TokensPrompt(prompt_token_ids=row) for row in ids]
         params = []
         for i in range(len(prompts)):
@@ -94,7 +95,7 @@ class VllmEngine:
         for prompt, trim, out in zip(prompts, trimmed, outputs):
             completion = out.outputs[0]
             text = self.tokenizer.decode(list(completion.token_ids), skip_special_tokens=True)
-            results.append((_drop_prefix(text, prompt[len(trim):]), completion.finish_reason == "length"))
+            results.append((drop_prefix(text, prompt[len(trim):]), completion.finish_reason == "length"))
         return results
 
     def new_token_ids(self, prompt_ids: list[list[int]], max_new_tokens: int,

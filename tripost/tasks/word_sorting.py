@@ -45,7 +45,9 @@ Data the format cannot hold is refused, never guessed at (`unsupported_word`, `s
     a square bracket (they delimit words and groups in the steps), a control character, an
     uppercase letter (letters are numbered a=1 ... z=26 and the checker compares lowercased
     words, so a case-sensitive order cannot be written), a trailing "." or a leading ":" (the
-    final response would lose it) is one TripostError naming the file and examples[i];
+    final response would lose it), or a target that is not the words in that order (e.g. a plain
+    string sort of words with characters after "z", such as "{" or "é") is one TripostError
+    naming the file and examples[i];
   * a list whose rationale would be longer than MAX_RATIONALE_CHARS (long shared prefixes, a
     chain a, aa, aaa, ..., many words) is one TripostError naming the file and the example when
     its gold rationale is built. `solve` is iterative and stops as soon as the budget is spent
@@ -316,9 +318,15 @@ class WordSorting(Task):
                 if problem is not None:
                     raise TripostError(f"{path}: examples[{i}]: the word {w!r} {problem}. The word sorting "
                                        "rationale format cannot hold it: remove or replace such words")
+            target = " ".join(item["target"].split())
+            ordered = " ".join(sort_words(words))
+            if self.normalize(target) != self.normalize(ordered):
+                raise TripostError(f"{path}: examples[{i}]: the target {target!r} is not the words in the order the "
+                                   f"rationale sorts them ({ordered!r}: letters a=1 ... z=26, any other character "
+                                   "0 and then by its character code), so its gold rationale would be judged wrong")
             n = len(words)
             out.append(make_example(self.name, f"{prefix}{list_prefix}{' '.join(words)}",
-                                    " ".join(item["target"].split()), subtask=f"words_{n}",
+                                    target, subtask=f"words_{n}",
                                     seen=n <= MAX_SEEN_WORDS, source=f"{path}: examples[{i}]"))
         return out
 

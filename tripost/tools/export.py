@@ -51,7 +51,8 @@ FLATTENED_TO = {
     "llamafactory": "one loss_weight per message (the length-weighted mean of its segments)",
     "openai": "a 0/1 weight per assistant message",
 }
-STAGE_NAMES = ("process", "warmup_process")
+# Where iterate puts process stages (docs/runs.md): warm-up, the method's rounds, baseline, arms.
+STAGE_PATTERNS = ("round_0/warmup_process", "round_*/process", "baseline/round_*/process", "arms/*/round_*/process")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -73,7 +74,7 @@ def run_dir_of(path: Path) -> Path | None:
 
 def process_stages(run: Path) -> list[Path]:
     """Every finished process stage of a run (warm-up, rounds, baseline, arms), in path order."""
-    found = [p for name in STAGE_NAMES for p in run.rglob(name) if p.is_dir() and is_done(p)]
+    found = [p for pattern in STAGE_PATTERNS for p in run.glob(pattern) if p.is_dir() and is_done(p)]
     return sorted(found, key=lambda p: p.relative_to(run).parts)
 
 
@@ -293,9 +294,11 @@ def hf_features():
         "kind": datasets.Value("string"), "source_id": datasets.Value("string"), "task": datasets.Value("string"),
         "subtask": datasets.Value("string"), "stage": datasets.Value("string"),
         "chat_template": datasets.Value("bool"), "text": datasets.Value("string"),
-        "segments": datasets.List({"text": datasets.Value("string"), "weight": datasets.Value("float64"),
-                                   "speaker": datasets.Value("string")}),
-        "input_ids": datasets.List(datasets.Value("int64")), "weights": datasets.List(datasets.Value("float64")),
+        # [{...}] and Sequence: lists of structs and of values in every datasets version (List is 4.0+)
+        "segments": [{"text": datasets.Value("string"), "weight": datasets.Value("float64"),
+                      "speaker": datasets.Value("string")}],
+        "input_ids": datasets.Sequence(datasets.Value("int64")),
+        "weights": datasets.Sequence(datasets.Value("float64")),
     })
 
 
