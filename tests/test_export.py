@@ -270,6 +270,8 @@ def run_dir(tmp_path, tokenizer_dir):
     stage(run, "round_2/process", {"learner": [imp, rat, two], "critic": [critic]})
     stage(run, "round_3/process", {"learner": [imp]}, status="running")
     stage(run, "baseline/round_1/process", {"baseline": [rat]})
+    stage(run, "arms/short/round_1/process", {"learner": [rat]})
+    stage(run, "round_2/process.old-1", {"learner": [imp]})  # moved aside by --force-from: never read
     return run
 
 
@@ -305,12 +307,12 @@ def test_run_dir_all_stages_hf(run_dir, tmp_path, capsys):
     assert code == 0, err
     assert f"tokenizer {run_dir / 'round_0' / 'init_model'}" in stdout and "max_length 40" in stdout
     ds = datasets.load_from_disk(str(out))
-    assert ds["stage"] == ["baseline/round_1/process", "round_0/warmup_process", "round_1/process"] + \
-        ["round_2/process"] * 4
-    assert ds["model"] == ["learner", "base", "learner", "critic", "learner", "learner", "learner"]
+    assert ds["stage"] == ["arms/short/round_1/process", "baseline/round_1/process", "round_0/warmup_process",
+                           "round_1/process"] + ["round_2/process"] * 4
+    assert ds["model"] == ["learner", "learner", "base", "learner", "critic", "learner", "learner", "learner"]
     tok = AutoTokenizer.from_pretrained(str(run_dir / "round_0" / "init_model"))
     imp = examples()[0]
-    row = ds[2]
+    row = ds[3]
     assert row["id"] == imp.id and (row["input_ids"], row["weights"]) == encode_example(imp, tok, 40)
     assert len(row["input_ids"]) == 40 and len(encode_example(imp, tok)[0]) > 40  # cut as training cuts it
     assert "examples cut to it" in stdout

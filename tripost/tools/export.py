@@ -43,7 +43,6 @@ from tripost.runner import is_done
 from tripost.tools.inspect import load_records, role_weights_of, tokenizer_for
 
 FORMATS = ("trl", "trl-messages", "llamafactory", "openai", "hf")
-MESSAGE_FORMATS = FORMATS[:-1]
 # What stands in for the weights tripost cannot hand over, per format (for the warning line).
 FLATTENED_TO = {
     "trl": "a 0/1 mask (prompt / completion)",
