@@ -6,7 +6,8 @@
     tripost inspect runs/demo/round_1/process/learner.jsonl --kind improvement --tokens
 
 Works on attempts, trajectories, dropped, predictions and training-example files alike (each
-record's "schema" says what it is; files of older tripost versions are read too). A trajectory is
+record's "schema" says what it is; files of older tripost versions are read too), and on a train
+stage's train_log.jsonl (the loss curve in brief). A trajectory is
 shown as its conversation, round by round: who speaks, what kind of message, who wrote it, the
 answer it gives and whether the task judges it right. A training example shows its segments with
 their weights; with --tokens every token is coloured by the weight the trainer gives it, computed by
@@ -253,9 +254,29 @@ def tokenizer_for(path: Path, given: str | None):
     return load_tokenizer(given), given
 
 
+TRAIN_LOG = "train_log.jsonl"
+
+
+def show_train_log(path: Path, style: Style) -> str:
+    """A train stage's log (train_log.jsonl: step, loss, lr, tokens/s every few steps) in brief."""
+    rows = [d for _, d in jsonl_objects(path, allow_torn_tail=True)]
+    if not rows:
+        return f"{path}: an empty training log"
+    losses = [r["loss"] for r in rows]
+    lines = [style(f"{path}: training log, {len(rows)} entries, steps {rows[0]['step']}..{rows[-1]['step']}", "bold"),
+             f"  loss {losses[0]:.4f} -> {losses[-1]:.4f} (min {min(losses):.4f}), last lr {rows[-1]['lr']:.3g}, "
+             f"median tokens/s {sorted(r['tokens_per_s'] for r in rows)[len(rows) // 2]:.0f}"]
+    step = max(1, len(rows) // 10)
+    lines += [f"  step {r['step']:>6}  loss {r['loss']:.4f}" for r in rows[::step]]
+    return "\n".join(lines)
+
+
 def main(args, cfg=None) -> int:
     style = Style(use_colour())
     path = Path(args.file)
+    if path.name == TRAIN_LOG:
+        print(show_train_log(path, style))
+        return 0
     records = load_records(path, role_weights_of(_run_config(path)[1]))
     tokenizer, where_from = tokenizer_for(path, args.tokenizer) if args.tokens else (None, None)
     chosen = select(records, args)
