@@ -132,10 +132,13 @@ def test_rollout_batches_calls_across_questions(monkeypatch):
         def __call__(self, texts, **kwargs):
             return {"input_ids": [list(t) for t in texts]}
 
-    # The real ModelAnswerer and driver, with a stand-in model (a small CPU module) and tokenizer.
-    monkeypatch.setattr(engine, "load_model", lambda model_dir: (torch.nn.Linear(1, 1), Tok()))
+    class Model(torch.nn.Linear):  # a small CPU module
+        device = torch.device("cpu")
+
+    # The real ModelAnswerer and driver, with a stand-in model and tokenizer.
+    monkeypatch.setattr(engine, "load_model", lambda model_dir: (Model(1, 1), Tok()))
     monkeypatch.setattr(engine, "generate_batch", fake_generate)
-    answerer = engine.ModelAnswerer("learner", None, GenerationConfig(batch_size=8))
+    answerer = engine.ModelAnswerer("learner", "stand-in", GenerationConfig(batch_size=8))
     mc = TripostConfig(evaluate_max_calls=3, judge=None)  # no judge: only the learner answers
     episodes = [tp.rollout(ex, task, mc, "evaluate", answerer.format) for ex in examples]
     trajs = {t.id: t for batch in engine.drive(episodes, {"learner": answerer}, window=32) for t in batch}

@@ -15,7 +15,7 @@ from tripost import steps
 from tripost.config import load_config
 from tripost.errors import TripostError
 from tripost.tasks import get_task
-from tripost.tasks.jsonl import as_number
+from tripost.tasks.base import as_number
 from tripost.tasks.multiple_choice import choice_letter, parse_options
 
 BIGBENCH_DIR = Path(__file__).resolve().parents[2] / "shared/data/bigbench"
@@ -180,17 +180,22 @@ def test_jsonl_numbers_and_judging(tmp_path):
         '\n'
         '{"q": "Half of 1?", "a": 0.5, "kind": "hard"}\n'
         '{"q": "Capital of France?", "a": "Paris", "kind": "easy"}\n')
-    task = make_task("jsonl", path=str(path), question_field="q", answer_field="a", subtask_field="kind")
+    # Answers are compared as task.judge says: numbers (numeric) or text (exact, the default).
+    task = make_task("jsonl", path=str(path), question_field="q", answer_field="a", subtask_field="kind",
+                     judge="numeric")
+    text_task = make_task("jsonl", path=str(path), question_field="q", answer_field="a", subtask_field="kind")
     gsm, half, text = task._load_all()
     assert (gsm.answer, half.answer, text.answer) == ("1,000", "0.5", "Paris")
     assert gsm.meta["solution"].startswith("3 + 4") and gsm.subtask == "easy" and gsm.seen
     assert task.is_correct(gsm, final("1000")) and task.is_correct(gsm, final("1,000.0"))
-    assert task.is_correct(gsm, final("$1,000")) and task.is_correct(gsm, final("1000 apples"))
+    assert task.is_correct(gsm, final("$1,000"))
+    assert not task.is_correct(gsm, final("1000 apples"))  # numeric: the whole answer is one number
     assert not task.is_correct(gsm, final("1001")) and not task.is_correct(gsm, final("10 or 1000"))
     assert task.is_correct(half, final("1/2")) and task.is_correct(half, final(".5"))
     assert not task.is_correct(half, final("0.50001"))
-    assert task.is_correct(text, final("paris")) and not task.is_correct(text, final("Lyon"))
-    assert task.is_correct(gsm, "So the answer is: 1000.") and task.is_correct(text, "So the answer is: Paris.")
+    assert text_task.is_correct(text, final("paris")) and not text_task.is_correct(text, final("Lyon"))
+    assert not text_task.is_correct(gsm, final("1000"))  # exact: "1000" is not the text "1,000"
+    assert task.is_correct(gsm, "So the answer is: 1000.") and text_task.is_correct(text, "So the answer is: Paris.")
     for garbage in ["", "no final line", "\x00", final("__import__('os')")]:
         assert not task.is_correct(gsm, garbage)
     assert as_number("3.0") == as_number("3") and as_number("1e3") is None and as_number("1/0") is None
