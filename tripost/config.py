@@ -574,6 +574,12 @@ def check_api_config(api_cfg: ApiConfig) -> None:
 METHOD_NAMES = ("tripost",)
 
 
+def stage_view(section, reads: tuple[str, ...]):
+    """A method section as one stage sees it: the keys it reads (the method's READS) as configured,
+    the rest at their defaults, so a stage is given, and fingerprinted on, only what it reads."""
+    return dataclasses.replace(type(section)(), **{key: getattr(section, key) for key in reads})
+
+
 def method_config(cfg: Config):
     """The config section of the method `cfg.method` names (its section has the method's name)."""
     if cfg.method == "tripost":

@@ -109,7 +109,8 @@ def edit(task, edit_cfg: EditConfig, method: str, method_cfg, attempts_path, out
     summary.update(attempts=len(attempts), edited_this_run=len(todo), pending=counts["pending"],
                    skipped_already_done=len(attempts) - len(todo), calls=dict(calls),
                    wall_s_this_run=round(wall, 3), feedback=edit_cfg.feedback, improvement=edit_cfg.improvement,
-                   experts={role: e.provenance | {"name": e.name} for role, e in (experts or {}).items()})
+                   experts={role: e.provenance | {"name": e.name} for role, e in experts.items()} if todo
+                   else previous.get("experts", {}))
     io.write_json(summary_path, summary)
     return summary
 

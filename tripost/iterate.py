@@ -36,7 +36,7 @@ from pathlib import Path
 
 import tripost
 from tripost import io
-from tripost.config import Config, method_config, resolve_path, save_config, with_changes
+from tripost.config import Config, method_config, resolve_path, save_config, stage_view, with_changes
 from tripost.errors import TripostError
 from tripost.records import examples_file, read_records
 from tripost.runner import Later, Runner, Stage, is_done, move_aside, read_manifest
@@ -205,8 +205,13 @@ def partner_source(cfg: Config, m, mc, stage: str) -> tuple[dict, dict, list[Pat
             scripts.append(resolve_path(spec[len("script:"):]))
         elif spec == "llm":
             scripts.extend(sorted(prompts_dir_for(cfg.edit, cfg.task.name).glob("*.j2")))
-    experts = len(models) < len(specs)
-    return ({"partners": specs, **({"edit": cfg.edit} if experts else {})},
+    # The edit section as the partners use it: their own specs, the script limits, and the API
+    # settings only when one of them is an LLM (so editing edit.improvement redoes no evaluation).
+    expert_specs = [s for s in specs.values() if not s.startswith("model:")]
+    edit = with_changes(cfg.edit, feedback=expert_specs[0], improvement=expert_specs[0],
+                        **({} if "llm" in expert_specs else {"api": type(cfg.edit.api)(), "prompts_dir": None})) \
+        if expert_specs else None
+    return ({"partners": specs, **({"edit": edit} if edit is not None else {})},
             {"partner_models": models} if models else {}, sorted(set(scripts)))
 
 
@@ -277,7 +282,7 @@ def plan(cfg: Config, run_dir: Path) -> list[Stage]:
 
     def evaluate(sid, amc, arm_models):
         partner_cfg, partner_inputs, partner_scripts = partner_source(cfg, m, amc, "evaluate")
-        add(sid, _evaluate, {"task": cfg.task, "method": cfg.method, "method_cfg": amc,
+        add(sid, _evaluate, {"task": cfg.task, "method": cfg.method, "method_cfg": stage_view(amc, m.READS["evaluate"]),
                              "chat_template": cfg.chat_template, "evaluate": cfg.evaluate, **partner_cfg},
             {"models": dict(arm_models), **partner_inputs}, scripts=partner_scripts)
 
@@ -287,14 +292,19 @@ def plan(cfg: Config, run_dir: Path) -> list[Stage]:
         round_trains: list[Path] = []
         for arm, amc in arms.items():
             r = f"{arm}round_{k}"
-            common = {"task": cfg.task, "method": cfg.method, "method_cfg": amc, "chat_template": cfg.chat_template}
+
+            def common(stage):
+                return {"task": cfg.task, "method": cfg.method, "method_cfg": stage_view(amc, m.READS[stage]),
+                        "chat_template": cfg.chat_template}
+
             partner_cfg, partner_inputs, partner_scripts = partner_source(cfg, m, amc, "collect")
-            attempts = add(f"{r}/collect", _collect, {**common, "collect": cfg.collect, "round": k, **partner_cfg},
+            attempts = add(f"{r}/collect", _collect, {**common("collect"), "collect": cfg.collect, "round": k,
+                                                      **partner_cfg},
                            {"models": dict(models[arm]), **partner_inputs}, scripts=partner_scripts) / "attempts.jsonl"
             new = attempts
             if "edit" in m.STAGES:
                 new = add(f"{r}/edit", _edit, {"task": cfg.task, "edit": cfg.edit, "method": cfg.method,
-                                               "method_cfg": amc}, {"attempts": attempts},
+                                               "method_cfg": stage_view(amc, m.READS["edit"])}, {"attempts": attempts},
                           scripts=expert_files(cfg)) / "trajectories.jsonl"
             trajectories[arm] = trajectories[arm] + [new] if it.cumulative_data else [new]
             starts = models[arm] if it.continue_from_previous else {n: base for n in models[arm]}
@@ -302,12 +312,12 @@ def plan(cfg: Config, run_dir: Path) -> list[Stage]:
             inputs = {"trajectories": list(trajectories[arm]), "tokenizer": next(iter(starts.values()))}
             if arm:  # a variant: as many tokens as the method trained on this round
                 proc = add(f"{r}/process", _arm_process,
-                           {**common, "process": cfg.process, "max_length": cfg.train.max_length,
+                           {**common("process"), "process": cfg.process, "max_length": cfg.train.max_length,
                             "seed": cfg.process.seed + k, **gold}, inputs,
                            values={"budget": lambda dirs=tuple(round_trains): tokens_seen(dirs)},
                            scripts=rationale_scripts if gold else ())
             else:
-                proc = add(f"{r}/process", _process, {**common, "process": cfg.process, **gold}, inputs,
+                proc = add(f"{r}/process", _process, {**common("process"), "process": cfg.process, **gold}, inputs,
                            scripts=rationale_scripts if gold else ())
             for name in models[arm]:
                 d = add(f"{r}/train/{name}", _train, {"train": cfg.train},

@@ -203,8 +203,10 @@ class Runner:
             now = self.state(stage)
             if old["fingerprint"] == now["fingerprint"]:
                 return []
-            return diff({k: old.get(k, {}) for k in ("config", "inputs", "values", "scripts")},
-                        {k: now[k] for k in ("config", "inputs", "values", "scripts")})
+            changes = diff({k: old.get(k, {}) for k in ("config", "inputs", "values", "scripts")},
+                           {k: now[k] for k in ("config", "inputs", "values", "scripts")})
+            # The method's section is passed as "method_cfg"; users know it by the method's name.
+            return [c.replace("config.method_cfg.", f"{self.method}.", 1) for c in changes]
         # Layout 1 (before the method seam): compare what both versions record.
         now = self.state(stage, only_inputs=set(old.get("inputs", {})))
         config = diff(_v1_config(old.get("config", {}), self.method), flatten(now["config"]), only_common=True)

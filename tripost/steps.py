@@ -17,8 +17,9 @@ The model's first answer to a question always follows `prompt(question)` ("Q: ..
 method adds after it (TriPosT's "Feedback:", a partner's remark, another agent's answer) is the
 method's own transcript (tripost/methods/).
 
-Everything here parses model-written text, so it runs in linear time and reads at most MAX_CHARS
-characters of any text (callers that keep model text drop longer text with a counted reason).
+Everything here parses model-written text, so it runs in linear time, and text longer than
+MAX_CHARS is not parsed at all (no steps, no answer, no feedback): an answer hidden after a
+megabyte of padding is no answer, and the edit stage drops such text with a counted reason.
 """
 
 from __future__ import annotations
@@ -64,9 +65,11 @@ def parse_steps(attempt: str) -> list[Step]:
     """Split an attempt into steps. A line that does not start a step continues the previous one;
     text before the first step becomes an unlabeled step "0" so nothing is lost. Text with no
     step at all ("(1) ..." or "(Final response) ...") is not an attempt in the step format: []."""
+    if len(attempt) > MAX_CHARS:
+        return []
     labels: list[str] = []
     parts: list[list[str]] = []
-    for line in attempt[:MAX_CHARS].strip().splitlines():
+    for line in attempt.strip().splitlines():
         start = _step_start(line.strip())
         if start is not None:
             labels.append(start[0])
@@ -100,10 +103,12 @@ def _answer_after(text: str) -> str | None:
 
 def extract_final_answer(attempt: str) -> str | None:
     """The X of `(Final response) So the answer is X.`; falls back to the last 'the answer is X'."""
+    if len(attempt) > MAX_CHARS:
+        return None
     for step in reversed(parse_steps(attempt)):
         if step.label == FINAL:
             return _answer_after(step.text)
-    return _answer_after(attempt[:MAX_CHARS])
+    return _answer_after(attempt)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -174,9 +179,9 @@ def _wrong_at(text: str, start: int) -> Feedback | None:
 
 def parse_feedback(text: str | None) -> Feedback | None:
     """Parse feedback in the grammar above; None when it follows neither form."""
-    if text is None:
+    if text is None or len(text) > MAX_CHARS:
         return None
-    text = text[:MAX_CHARS].strip()
+    text = text.strip()
     at = 0
     for _ in range(_MAX_TRIES):
         start = text.find(_WRONG_HEAD, at)

@@ -15,6 +15,7 @@ The transcript the model reads and writes:
 The contract every method module implements (docs/methods.md), here for TriPosT:
 
     NAME, STAGES                        "tripost"; collect -> edit -> process -> train -> evaluate
+    READS                               the keys of the tripost: section each stage reads
     models(mc)                          ["learner"]: the one model trained each round
     partners(mc, stage)                 at test time the judge of the model's own critiques
     rollout(example, task, mc, stage, fmt)   collect and evaluate: the self-improvement loop
@@ -43,6 +44,10 @@ from tripost.records import Example, Message, Segment, TrainingExample, Trajecto
 
 NAME = "tripost"
 STAGES = ("collect", "edit", "process", "train", "evaluate")
+# Which keys of the `tripost:` section each stage reads: a stage is given (and fingerprinted on)
+# only these, so changing max_improvements redoes the edits, not the rollouts before them.
+READS = {"collect": ("collect_max_calls",), "edit": ("max_improvements",), "process": ("p", "w", "include_gold"),
+         "evaluate": ("evaluate_max_calls", "judge")}
 LEARNER = "learner"
 FEEDBACK_PREFIX = "\nFeedback: "
 UPDATE_PREFIX = "\nUpdated Answer: "

@@ -43,7 +43,10 @@ def load_summary(run_dir: Path) -> dict:
     if not config.is_file():
         raise TripostError(f"{run_dir}: not a run directory (no config.yaml; make one with `tripost iterate`)")
     cfg = load_config(config, older=True)
-    return summarize(cfg, plan(cfg, run_dir), run_dir)
+    summary = summarize(cfg, plan(cfg, run_dir), run_dir)
+    # The page shows the method's own metrics (TriPosT: SI frequency, ...) beside the shared ones.
+    summary["rows"] = [{**r, **(r.get("method_metrics") or {})} for r in summary["rows"]]
+    return summary
 
 
 def read_train_log(path: Path) -> list[dict]:
