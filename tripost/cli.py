@@ -30,8 +30,8 @@ EPILOG = "Overrides: trailing key.sub=value pairs, e.g. collect.batch_size=64 ta
 def _common(p: argparse.ArgumentParser, task: bool = True) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML config (sections: task, collect, edit, ...)")
     if task:
-        p.add_argument("--task", metavar="NAME", help="task name (config task.name): multistep_arithmetic, "
-                       "word_sorting, date_understanding, logical_deduction, jsonl")
+        p.add_argument("--task", metavar="NAME", help="task (config task.name): multistep_arithmetic, "
+                       "word_sorting, date_understanding, logical_deduction, jsonl, or your task file my_task.py")
         p.add_argument("--data-dir", metavar="DIR", help="task data directory (config task.data_dir)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
 
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("collect", "collect", "let the model answer a split (attempts JSONL, resumable)",
             "Batched generation over a task split. Once the model has been trained on TriPosT data it "
-            "also critiques and updates its own answers (up to collect.max_generate_calls calls). "
+            "also critiques and updates its own answers (up to tripost.collect_max_calls calls). "
             "A rerun skips ids already in the output file.")
     p.add_argument("--model", metavar="DIR", help="Hugging Face model directory (config model)")
     p.add_argument("--split", default="train", choices=["train", "test"])
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("evaluate", "evaluate", "test-time self-improvement: accuracy, SI frequency/contribution/harm",
             "The model answers, critiques its answer and updates it until it says the final response is "
-            "correct, stops making progress, repeats itself, or uses evaluate.max_generate_calls calls. "
+            "correct, stops making progress, repeats itself, or uses tripost.evaluate_max_calls calls. "
             "Writes predictions.jsonl and metrics.json and prints a table.")
     p.add_argument("--model", metavar="DIR", help="Hugging Face model directory (config model)")
     p.add_argument("--split", default="test", choices=["train", "test"])

@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 from tripost.config import Config, EditConfig, GenerationConfig, method_config, save_config
-from tripost.engine import ExpertAnswerer, ModelAnswerer
+from tripost.engine import ExpertAnswerer, ModelAnswerer, close_vllm_engines
 from tripost.errors import TripostError
 from tripost.experts import make_expert
 from tripost.io import jsonl_objects, write_jsonl
@@ -81,6 +81,7 @@ def rollout_stage(task, gen: GenerationConfig, method: str, method_cfg, chat_tem
             for a in answerers.values():
                 if isinstance(a, ExpertAnswerer):
                     a.expert.close()
+            close_vllm_engines()
     return {"examples": len(examples), "skipped": len(examples) - len(todo), "generated": len(todo),
             "correct_this_run": counts.get("correct", 0),
             "stops_this_run": {k[5:]: v for k, v in sorted(counts.items()) if k.startswith("stop:")}}

@@ -414,6 +414,12 @@ def _set_path(data: dict, dotted: str, value: Any, cls, source: str) -> None:
             raise _unknown_key(".".join(parts[: i + 1]), node_cls, source)
         if i == len(parts) - 1:
             node[part] = value
+        elif hints[part] is dict:  # a free mapping (task.options, iterate.arms): the rest of the key is inside it
+            sub = node.setdefault(part, {})
+            for inner in parts[i + 1:-1]:
+                sub = sub.setdefault(inner, {})
+            sub[parts[-1]] = value
+            return
         else:
             node_cls = hints[part]
             if not dataclasses.is_dataclass(node_cls):
@@ -512,7 +518,8 @@ def load_config(path: str | Path | None = None, overrides=(), cls=Config, older:
 
 # Config keys that hold paths (or "script:PATH" / "model:PATH" specs), resolved by `load_config`.
 PATH_KEYS = ("model", "task.name", "task.data_dir", "task.path", "task.train_path", "task.test_path",
-             "edit.feedback", "edit.improvement", "edit.prompts_dir", "train.deepspeed_config", "tripost.judge")
+             "edit.feedback", "edit.improvement", "edit.prompts_dir", "train.deepspeed_config", "train.hostfile",
+             "iterate.base_cache", "tripost.judge")
 
 
 def _absolute_paths(data: dict, base: Path) -> None:
@@ -647,6 +654,8 @@ def validate(cfg: Config) -> None:
     need(e.script_memory_mb >= 0, "edit.script_memory_mb", "must be >= 0 (0 = no limit)")
     check_api_config(e.api)
     need(cfg.iterate.rounds >= 0, "iterate.rounds", "must be >= 0")
+    need(cfg.init_model.vocab_size > 259, "init_model.vocab_size",
+         "must be > 259 (the 256 byte tokens and the special tokens come first)")
     need(cfg.iterate.warmup_epochs > 0, "iterate.warmup_epochs", "must be > 0")
     need(cfg.iterate.warmup_questions is None or cfg.iterate.warmup_questions >= 1, "iterate.warmup_questions",
          "must be >= 1 (or null)")

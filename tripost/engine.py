@@ -220,9 +220,21 @@ class ModelAnswerer:
         return [Reply(text=text, truncated=cut, author=f"model:{self.name}") for text, cut in out]
 
 
-# One vLLM engine per base model in a process: starting one takes a minute, and the models of a
-# stage that are adapters on one base (the agents of a multi-agent run) share it.
+# One vLLM engine per base model during a stage: starting one takes a minute, and the models of a
+# stage that are adapters on one base (the agents of a multi-agent run) share it. A stage closes
+# them when it ends (close_vllm_engines), so a GPU is free again for the training that follows.
 _VLLM_ENGINES: dict[str, object] = {}
+
+
+def close_vllm_engines() -> None:
+    import gc
+
+    _VLLM_ENGINES.clear()
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def vllm_engine(model_dir: Path, gen: GenerationConfig):
@@ -242,8 +254,9 @@ def vllm_engine(model_dir: Path, gen: GenerationConfig):
     key = str(base.resolve())
     if key not in _VLLM_ENGINES:
         positions = json.loads((base / "config.json").read_text()).get("max_position_embeddings", 4096)
-        _VLLM_ENGINES[key] = VllmEngine(base, seed=gen.seed, max_model_len=min(positions, 8192),
-                                        enable_lora=adapter is not None, max_num_seqs=max(gen.batch_size, 1))
+        # LoRA on, whatever the first model asking is: another model of the stage may be an adapter.
+        _VLLM_ENGINES[key] = VllmEngine(base, seed=gen.seed, max_model_len=min(positions, 8192), enable_lora=True,
+                                        max_lora_rank=64, max_num_seqs=max(gen.batch_size, 1))
     return _VLLM_ENGINES[key], adapter
 
 

@@ -155,6 +155,11 @@ def _arm_process(out, task, process, method, method_cfg, chat_template, trajecto
 # The plan
 
 
+def task_name(cfg: Config) -> str:
+    """The task's name as its prompts directory knows it (a task file: its stem)."""
+    return Path(cfg.task.name).stem if cfg.task.name.endswith(".py") else cfg.task.name
+
+
 def expert_files(cfg: Config) -> list[Path]:
     """Feedback/improvement scripts, or the prompt templates for `llm`: what the edit stage runs."""
     from tripost.experts.templates import prompts_dir_for
@@ -167,7 +172,7 @@ def expert_files(cfg: Config) -> list[Path]:
                 raise TripostError(f"config: edit script '{spec}' not found ({path})")
             files.append(path)
         elif spec == "llm":
-            prompts = prompts_dir_for(cfg.edit, cfg.task.name)
+            prompts = prompts_dir_for(cfg.edit, task_name(cfg))
             files.extend(sorted(p for p in prompts.glob("*.j2") if p.name != "rationale.j2"))
     return sorted(set(files))
 
@@ -183,7 +188,7 @@ def rationale_source(cfg: Config, task) -> tuple[dict, list[Path]]:
     if source == "script":
         return {"experts": cfg.edit}, [resolve_path(cfg.edit.feedback[len("script:"):])]
     if source == "llm":
-        template = prompts_dir_for(cfg.edit, cfg.task.name) / "rationale.j2"
+        template = prompts_dir_for(cfg.edit, task.name) / "rationale.j2"
         return {"experts": cfg.edit}, [template] if template.is_file() else []
     return {}, []
 
@@ -204,7 +209,7 @@ def partner_source(cfg: Config, m, mc, stage: str) -> tuple[dict, dict, list[Pat
         if spec.startswith("script:"):
             scripts.append(resolve_path(spec[len("script:"):]))
         elif spec == "llm":
-            scripts.extend(sorted(prompts_dir_for(cfg.edit, cfg.task.name).glob("*.j2")))
+            scripts.extend(sorted(prompts_dir_for(cfg.edit, task_name(cfg)).glob("*.j2")))
     # The edit section as the partners use it: their own specs, the script limits, and the API
     # settings only when one of them is an LLM (so editing edit.improvement redoes no evaluation).
     expert_specs = [s for s in specs.values() if not s.startswith("model:")]

@@ -54,7 +54,7 @@ OPERATIONAL_KEYS = {
     ApiConfig: {"cache_dir", "base_url", "concurrency", "max_retries", "retry_base_s", "retry_max_s", "timeout_s",
                 "batch", "batch_poll_s", "price_input_per_mtok", "price_output_per_mtok", "api_key_env"},
     GenerationConfig: {"threads", "data_parallel", "parallel"},
-    TrainConfig: {"save_every_steps", "log_every_steps", "keep_checkpoints", "launcher", "threads", "hostfile", "launch_command"},
+    TrainConfig: {"save_every_steps", "log_every_steps", "keep_checkpoints", "launcher", "threads"},
 }
 
 
