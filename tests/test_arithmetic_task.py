@@ -90,11 +90,17 @@ def test_answer_extraction_agrees_with_steps_and_stays_fast_on_long_spaces():
                "(1) the answer is 5.\n(2) so the answer is 6", "So the answer is 4. Or 5."]
     for text in samples:
         assert task.extract_answer(text) == steps.extract_final_answer(text), text
-    # steps.extract_final_answer's regex needs seconds for a few thousand spaces; ours is linear
-    for text in ("(Final response) So the answer is -15" + " " * 50_000 + "x",
-                 "So the answer is -15" + " " * 50_000 + "x"):
-        assert task.extract_answer(text).startswith("-15")
-        assert task.is_correct(make_example("multistep_arithmetic", "(1 + 2) =", "-15"), text) is False
+    # A backtracking regex needed seconds for a few thousand spaces; ours is linear, and text over
+    # steps.MAX_CHARS is not parsed at all: an answer behind a long run of padding is no answer.
+    gold = make_example("multistep_arithmetic", "(1 + 2) =", "-15")
+    for pad in (15_000, 50_000):
+        for text in ("(Final response) So the answer is -15" + " " * pad + "x",
+                     "So the answer is -15" + " " * pad + "x"):
+            if len(text) <= steps.MAX_CHARS:
+                assert task.extract_answer(text).startswith("-15")
+            else:
+                assert task.extract_answer(text) is None
+            assert task.is_correct(gold, text) is False
 
 
 def test_gold_rationale_format():
