@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="run name (config name)")
     p.add_argument("--force-from", metavar="STAGE", help="redo this stage and everything after it, "
                    "e.g. round_2/edit or train (in every round)")
+    p.add_argument("--base-cache", metavar="DIR", help="build the warmed-up base model once in DIR and reuse it in "
+                   "every run that asks for the same one (config iterate.base_cache; the demo's is "
+                   "~/.cache/tripost/bases)")
     _common(p)
 
     p = add("inspect", "tools.inspect", "view attempts, trajectories, dropped, predictions or training examples",
@@ -162,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Flags that are shortcuts for config keys.
 FLAG_KEYS = {"task": "task.name", "data_dir": "task.data_dir", "model": "model", "rounds": "iterate.rounds",
-             "name": "name"}
+             "name": "name", "base_cache": "iterate.base_cache"}
 
 
 def config_from_args(args):
