@@ -2,13 +2,14 @@
 
     item 1   an unreachable API is not a verdict: `tripost edit` and `tripost iterate` stop, nothing
              is written as dropped for the items not done, a rerun retries exactly those
-    item 3   the parsers of model text stay linear on 1 MB hostile inputs
+    item 3   the parsers of model text stay linear on hostile inputs (1 MB, and just under the
+             most they parse, steps.MAX_CHARS)
     item 4   bad input is one `error:` line and exit 2, never a traceback
     item 6   a failed start of `tripost edit` on a half-finished directory changes nothing in it
     item 7   a torn last line of a user's file is an error naming file:line; "id": null is refused
     item 9   word sorting: the gold-solution builder is iterative and bounded; words the rationale
              format cannot hold are refused; BIG-bench's rationales are unchanged
-    item 11  a run killed in collect or in a multi-batch edit and rerun equals an uninterrupted one
+    item 11  a run killed in collect, then in a multi-batch edit, and rerun equals an uninterrupted one
     item 12  a restarted training keeps one log: the killed attempt's steps past the checkpoint go
     item 14  two identical runs record identical stage fingerprints and input hashes
 
@@ -16,7 +17,9 @@ The tiny runs (items 1, 11, 12, 14) use a small task of sums ("3 + 4 =", one ste
 line) with a scripted expert written here, so the model learns the answer format in a short
 warm-up and its attempts are really edited (an untrained model's text is cut off at
 max_new_tokens and dropped before any expert call). Two uninterrupted runs are made once, side by
-side, and shared; the killed runs start from a copy of the first one's finished round 0.
+side, and shared; the killed runs start from a copy of the first one's finished round 0. The edits
+against the fake Messages API run in this process (`tripost_here`), the other commands as
+subprocesses.
 
     python -m pytest -q tests/test_reliability.py
 """
@@ -33,6 +36,8 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import redirect_stderr, redirect_stdout
+from io import StringIO
 from pathlib import Path
 
 import pytest
@@ -51,6 +56,7 @@ from conftest import BIGBENCH_DIR  # noqa: E402
 from fake_messages_server import FakeMessagesServer, gold_rule, tag, user_text  # noqa: E402
 
 KEY_ENV = "TRIPOST_RELIABILITY_TEST_KEY"
+os.environ[KEY_ENV] = "sk-test-reliability"  # for the edits run in this process (a name no one else reads)
 needs_data = pytest.mark.skipif(not (BIGBENCH_DIR / "word_sorting.json").is_file(),
                                 reason="shared BIG-bench data not present")
 
@@ -64,6 +70,17 @@ def env(**extra: str) -> dict:
 def tripost(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "tripost", *args], cwd=cwd, env=env(), capture_output=True,
                           text=True, timeout=timeout)
+
+
+def tripost_here(*args: str) -> subprocess.CompletedProcess:
+    """`tripost ARGS` in this process: the API client (seconds to import) is imported once for all
+    the edits against the fake server, which runs in this process too."""
+    from tripost.cli import main
+
+    err = StringIO()
+    with redirect_stderr(err), redirect_stdout(StringIO()):
+        rc = main(list(args))
+    return subprocess.CompletedProcess(args, rc, "", err.getvalue())
 
 
 def user_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
@@ -89,39 +106,53 @@ def snapshot(directory: Path) -> dict[str, bytes]:
 # Item 3: the parsers of model text on 1 MB hostile inputs
 
 
-MB = 1_000_000
-HOSTILE = {
-    "spaces": 'In step (1) the part "x" is incorrect.' + " " * MB + "x",
-    "step heads": 'In step (1) the part "' * (MB // 22),
-    "part ends": 'In step (1) the part "' + '" is incorrect. ' * (MB // 16) + "x",
-    "many lines": "(1) a\n" + "x\n" * (MB // 2),
-    "step lines": "(1) a\n" * (MB // 6),
-    "answer heads": "the answer is " * (MB // 14),
-    "feedback marks": "Feedback: Updated Answer: " * (MB // 26),
-}
+def hostile(n: int) -> dict[str, str]:
+    """About n characters of text each, built to make a backtracking or re-copying parser quadratic."""
+    return {
+        "spaces": 'In step (1) the part "x" is incorrect.' + " " * (n - 40) + "x",
+        "step heads": 'In step (1) the part "' * (n // 22),
+        "part ends": 'In step (1) the part "' + '" is incorrect. ' * (n // 16 - 2) + "x",
+        "many lines": "(1) a\n" + "x\n" * (n // 2 - 3),
+        "step lines": "(1) a\n" * (n // 6),
+        "answer heads": "the answer is " * (n // 14),
+        "feedback marks": "Feedback: Updated Answer: " * (n // 26),
+    }
+
+
+# 1 MB, and just under steps.MAX_CHARS (the longest text the parsers parse at all).
+HOSTILE_MB, HOSTILE_CAP = hostile(1_000_000), hostile(steps.MAX_CHARS - 100)
 PARSERS = {"parse_feedback": steps.parse_feedback, "parse_steps": steps.parse_steps,
            "extract_final_answer": steps.extract_final_answer, "split_continuation": split_continuation}
 
 
-@pytest.mark.parametrize("kind", sorted(HOSTILE))
+@pytest.mark.parametrize("kind", sorted(HOSTILE_MB))
 @pytest.mark.parametrize("name", sorted(PARSERS))
-def test_parsers_stay_linear_on_hostile_megabytes(name, kind):
+def test_parsers_stay_linear_on_hostile_text(name, kind):
     # Only a generous ceiling: it catches quadratic work (minutes on 1 MB), not slow machines.
-    start = time.perf_counter()
-    PARSERS[name](HOSTILE[kind])
-    assert time.perf_counter() - start < 5.0, (name, kind)
+    for text in (HOSTILE_MB[kind], HOSTILE_CAP[kind]):
+        start = time.perf_counter()
+        PARSERS[name](text)
+        assert time.perf_counter() - start < 5.0, (name, kind, len(text))
 
 
-def test_parsers_give_sensible_results_on_hostile_text():
-    # They read at most steps.MAX_CHARS characters of model text (callers drop longer text).
-    assert steps.parse_feedback(HOSTILE["step heads"]) is None
-    assert steps.parse_feedback(HOSTILE["spaces"]) == steps.Feedback(False, "1", "x", None)
-    parsed = steps.parse_steps(HOSTILE["step lines"])
-    assert len(parsed) > 1000 and set(parsed[:-1]) == {steps.Step("1", "a")}  # the last one is cut off
-    (step,) = steps.parse_steps(HOSTILE["many lines"])
+def test_parsers_results_on_hostile_text():
+    # Over MAX_CHARS: not parsed at all (an answer after a megabyte of padding is no answer).
+    assert steps.parse_steps(HOSTILE_MB["step lines"]) == []
+    assert steps.extract_final_answer(HOSTILE_MB["answer heads"]) is None
+    assert steps.parse_feedback(HOSTILE_MB["spaces"]) is None
+    assert split_continuation(HOSTILE_MB["feedback marks"]) == ("", "", "")  # linear; not capped
+    # Under it: parsed as the grammar says.
+    assert steps.parse_feedback(HOSTILE_CAP["step heads"]) is None
+    assert steps.parse_feedback(HOSTILE_CAP["spaces"]) is None  # "x" after the sentence is not "This is because"
+    spaced = 'In step (1) the part "x" is incorrect. This is because' + " " * 19_000 + "y."
+    assert steps.parse_feedback(spaced) == steps.Feedback(False, "1", "x", "y")
+    assert steps.parse_feedback(HOSTILE_CAP["part ends"]) is None
+    parsed = steps.parse_steps(HOSTILE_CAP["step lines"])
+    assert len(parsed) == len(HOSTILE_CAP["step lines"]) // 6 and set(parsed) == {steps.Step("1", "a")}
+    (step,) = steps.parse_steps(HOSTILE_CAP["many lines"])
     assert step.label == "1" and step.text.startswith("a\nx\nx")
-    assert steps.extract_final_answer(HOSTILE["answer heads"]) == ""
-    assert split_continuation(HOSTILE["feedback marks"]) == ("", "", "")
+    assert steps.extract_final_answer(HOSTILE_CAP["answer heads"]) == ""
+    assert split_continuation(HOSTILE_CAP["feedback marks"]) == ("", "", "")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -131,7 +162,8 @@ def test_parsers_give_sensible_results_on_hostile_text():
 def load_script(name: str):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(f"reliability_{name}", PROJECT_ROOT / "feedback_scripts" / f"{name}.py")
+    path = PROJECT_ROOT / "feedback_scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"reliability_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -340,7 +372,9 @@ def test_duplicate_yaml_key_names_both_lines(arith, tmp_path):
                str(config), "'name'", "lines 2 and 4")
 
 
-GOOD_TEMPLATE = "{% block system %}Judge the attempt.{% endblock %}\n{% block user %}<question>{{ question }}</question>\n<attempt>{{ attempt }}</attempt>{% endblock %}\n"
+GOOD_TEMPLATE = ("{% block system %}Judge the attempt.{% endblock %}\n"
+                 "{% block user %}<question>{{ question }}</question>\n"
+                 "<attempt>{{ attempt }}</attempt>{% endblock %}\n")
 
 
 def prompts_dir(directory: Path, feedback_user_line: str) -> Path:
@@ -416,7 +450,7 @@ def asked_questions(server: FakeMessagesServer) -> set[str]:
 
 
 def edit_out(attempts: Path, out: Path, url: str, *extra: str) -> subprocess.CompletedProcess:
-    return tripost("edit", "--attempts", str(attempts), "--out", str(out), *llm_args(url), *extra)
+    return tripost_here("edit", "--attempts", str(attempts), "--out", str(out), *llm_args(url), *extra)
 
 
 def records_of(out: Path) -> dict[str, list[str]]:
@@ -594,7 +628,10 @@ def run_args(sums: Path, name: str) -> list[str]:
             "init_model.vocab_size=300", "init_model.hidden_size=64", "init_model.intermediate_size=128",
             "init_model.num_hidden_layers=1", "init_model.num_attention_heads=2", "init_model.num_key_value_heads=2",
             "collect.max_new_tokens=40", "evaluate.max_new_tokens=40", "collect.batch_size=4", "edit.batch_size=4",
-            "evaluate.batch_size=16", "train.epochs=1", "train.micro_batch_size=4", "iterate.rounds=1"]
+            "evaluate.batch_size=16", "train.epochs=1", "train.micro_batch_size=4", "iterate.rounds=1",
+            # No judge at test time: then no stage before the edit carries the edit settings, so the
+            # edit's experts can be changed on a copy of a finished round 0 and collect.
+            "tripost.judge=null"]
 
 
 @pytest.fixture(scope="module")
@@ -623,7 +660,7 @@ def kill_when(args: list[str], cwd: Path, ready, slow_files: str, sums: Path, ti
     log = cwd / "killed.stderr"
     with log.open("w") as err:
         proc = subprocess.Popen([sys.executable, str(sums / "slow_flush.py"), *args], cwd=cwd,
-                                env=env(TRIPOST_TEST_SLOW_FILES=slow_files, TRIPOST_TEST_SLOW_S="1.5"),
+                                env=env(TRIPOST_TEST_SLOW_FILES=slow_files, TRIPOST_TEST_SLOW_S="1.0"),
                                 stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
         deadline = time.time() + timeout
         try:
@@ -675,29 +712,23 @@ def assert_same_run(run: Path, ref: Path) -> None:
         assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4, model
 
 
-def test_killed_in_collect_then_rerun_equals_uninterrupted(runs, sums, tmp_path):
+def test_killed_in_collect_and_in_a_multi_batch_edit_then_rerun_equals_uninterrupted(runs, sums, tmp_path):
+    """SIGKILL while round_1/collect/attempts.jsonl holds some but not all records; rerun and SIGKILL
+    again while the edit (3 batches of 4) has written some but not all; rerun to the end."""
     ref, _ = runs
     run = copy_run(ref, tmp_path, keep=())
-    attempts = run / "round_1/collect/attempts.jsonl"
+    attempts, edit = run / "round_1/collect/attempts.jsonl", run / "round_1/edit"
+
+    def edited() -> int:
+        return complete_lines(edit / "trajectories.jsonl") + complete_lines(edit / "dropped.jsonl")
+
     kill_when(run_args(sums, "ref"), tmp_path, lambda: 0 < complete_lines(attempts) < N_TRAIN, "attempts.jsonl", sums)
     assert 0 < complete_lines(attempts) < N_TRAIN
     assert io.read_json(run / "round_1/collect/manifest.json")["status"] == "running"
-    proc = tripost(*run_args(sums, "ref"), cwd=tmp_path, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert_same_run(run, ref)
-
-
-def test_killed_in_a_multi_batch_edit_then_rerun_equals_uninterrupted(runs, sums, tmp_path):
-    ref, _ = runs
-    run = copy_run(ref, tmp_path, keep=("round_1/collect",))
-    edit = run / "round_1/edit"
-
-    def some_but_not_all() -> bool:
-        done = complete_lines(edit / "trajectories.jsonl") + complete_lines(edit / "dropped.jsonl")
-        return 0 < done < N_TRAIN
-
-    kill_when(run_args(sums, "ref"), tmp_path, some_but_not_all, "trajectories.jsonl,dropped.jsonl", sums)
-    assert some_but_not_all()
+    kill_when(run_args(sums, "ref"), tmp_path, lambda: 0 < edited() < N_TRAIN, "trajectories.jsonl,dropped.jsonl",
+              sums)
+    assert 0 < edited() < N_TRAIN
+    assert io.read_json(run / "round_1/collect/manifest.json")["status"] == "done"
     assert io.read_json(edit / "manifest.json")["status"] == "running"
     proc = tripost(*run_args(sums, "ref"), cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -721,23 +752,39 @@ def test_identical_runs_record_identical_fingerprints(runs):
 
 def test_iterate_stops_with_exit_2_when_the_api_is_unreachable(runs, sums, tmp_path):
     ref, _ = runs
+    run = copy_run(ref, tmp_path, keep=("round_1/collect",))
     with FakeMessagesServer() as gone:
         url = gone.url
-    args = [*run_args(sums, "stuck"), f"model={ref / 'round_0/warmup_train/model'}", "iterate.warmup=false",
-            "iterate.baseline=false", "tripost.judge=null", "edit.feedback=llm", "edit.improvement=llm",
-            f"edit.api.base_url={url}", f"edit.api.api_key_env={KEY_ENV}", "edit.api.max_retries=1",
-            "edit.api.retry_base_s=0.01", "edit.api.retry_max_s=0.05"]
+    args = [*run_args(sums, "ref"), "edit.feedback=llm", "edit.improvement=llm", f"edit.api.base_url={url}",
+            f"edit.api.api_key_env={KEY_ENV}", "edit.api.max_retries=1", "edit.api.retry_base_s=0.01",
+            "edit.api.retry_max_s=0.05"]
     proc = tripost(*args, cwd=tmp_path, timeout=600)
     user_error(proc, f"{N_TRAIN} trajectories not done", "rerun")
-    edit = tmp_path / "runs/stuck/round_1/edit"
-    assert io.read_json(edit / "manifest.json")["status"] == "running"
+    assert "[iterate] round_1/edit ..." in proc.stderr  # round 0 and collect were kept as they were
+    assert io.read_json(run / "round_1/edit/manifest.json")["status"] == "running"
+    edit = run / "round_1/edit"
     assert complete_lines(edit / "trajectories.jsonl") + complete_lines(edit / "dropped.jsonl") == 0
+    assert not (run / "round_1/process").exists()
+
+
+TRAIN_STEPS = 8
 
 
 def train_args(ref: Path, out: Path) -> list[str]:
     return ["train", "--examples", str(ref / "round_0/warmup_process/base.jsonl"),
-            "--model", str(ref / "round_0/init_model"), "--out", str(out), "train.max_steps=16",
+            "--model", str(ref / "round_0/init_model"), "--out", str(out), f"train.max_steps={TRAIN_STEPS}",
             "train.micro_batch_size=4", "train.save_every_steps=2", "train.log_every_steps=1"]
+
+
+def side_by_side(*commands: list[str], timeout: int = 600) -> list[subprocess.CompletedProcess]:
+    """Run `tripost` commands at the same time (each is mostly start-up); their results."""
+    procs = [subprocess.Popen([sys.executable, "-m", "tripost", *args], env=env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for args in commands]
+    results = []
+    for args, proc in zip(commands, procs):
+        out, err = proc.communicate(timeout=timeout)
+        results.append(subprocess.CompletedProcess(args, proc.returncode, out, err))
+    return results
 
 
 def log_steps(out: Path) -> list[int]:
@@ -755,35 +802,32 @@ def tensorboard_steps(out: Path) -> list[int]:
 
 
 def test_restarted_training_keeps_one_log(runs, sums, tmp_path):
+    from tripost.train import latest_checkpoint
+
     ref, _ = runs
     out = tmp_path / "train"
 
     def checkpoint_and_more() -> bool:  # a complete checkpoint, and steps logged after it
-        from tripost.train import latest_checkpoint
-
         ckpt = latest_checkpoint(out)
         return ckpt is not None and complete_lines(out / "train_log.jsonl") > int(ckpt.name.split("_")[1])
 
     kill_when(train_args(ref, out), tmp_path, checkpoint_and_more, "train_log.jsonl", sums)
-    from tripost.train import latest_checkpoint
-
     resumed = int(latest_checkpoint(out).name.split("_")[1])
     killed_log = (out / "train_log.jsonl").read_text().splitlines()
-    assert len(killed_log) > resumed  # the killed attempt logged steps it will redo
+    assert len(killed_log) > resumed and (out / "tensorboard").is_dir()  # steps it will redo, logged twice before
     # The same leftovers with no complete checkpoint: a kill before the first one.
     fresh = tmp_path / "fresh"
     shutil.copytree(out, fresh)
     shutil.rmtree(fresh / "checkpoints")
 
-    proc = tripost(*train_args(ref, out), timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"resuming {out} from step {resumed} of 16" in proc.stderr
-    assert log_steps(out) == list(range(1, 17))
+    resume, restart = side_by_side(train_args(ref, out), train_args(ref, fresh))
+    assert resume.returncode == 0, resume.stderr[-3000:]
+    assert f"resuming {out} from step {resumed} of {TRAIN_STEPS}" in resume.stderr
+    assert log_steps(out) == list(range(1, TRAIN_STEPS + 1))
     assert (out / "train_log.jsonl").read_text().splitlines()[:resumed] == killed_log[:resumed]
-    assert tensorboard_steps(out) == list(range(1, 17))
+    assert tensorboard_steps(out) == list(range(1, TRAIN_STEPS + 1))
 
-    proc = tripost(*train_args(ref, fresh), timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"starting over {fresh}: no complete checkpoint" in proc.stderr
-    assert log_steps(fresh) == list(range(1, 17))
-    assert tensorboard_steps(fresh) == list(range(1, 17))
+    assert restart.returncode == 0, restart.stderr[-3000:]
+    assert f"starting over {fresh}: no complete checkpoint" in restart.stderr
+    assert log_steps(fresh) == list(range(1, TRAIN_STEPS + 1))
+    assert tensorboard_steps(fresh) == list(range(1, TRAIN_STEPS + 1))
