@@ -216,12 +216,18 @@ def trajectory_from_v1(data: dict, at: str) -> Trajectory:
         prov = data.get("provenance") or {}
         if not isinstance(prov, dict):
             raise TypeError("provenance is not an object")
+        for key in ("id", "task", "question", "answer"):
+            _check(data.get(key), str, key, at)
         messages = []
         for i, turn in enumerate(data.get("turns") or []):
-            messages.append(Message("learner", "attempt" if i == 0 else "update", str(turn["attempt"]),
+            if not isinstance(turn, dict):
+                raise TypeError(f"turns[{i}] is not an object")
+            _check(turn.get("attempt"), str, f"turns[{i}].attempt", at)
+            _check(turn.get("feedback"), str | None, f"turns[{i}].feedback", at)
+            messages.append(Message("learner", "attempt" if i == 0 else "update", turn["attempt"],
                                     _author_v1(turn.get("attempt_by")), round=i))
             if turn.get("feedback") is not None:
-                messages.append(Message("learner", "feedback", str(turn["feedback"]),
+                messages.append(Message("learner", "feedback", turn["feedback"],
                                         _author_v1(turn.get("feedback_by")), round=i))
         finals = [m for m in messages if m.kind in ("attempt", "update")]
         final_answer = steps.extract_final_answer(finals[-1].text) or "" if finals else ""

@@ -673,7 +673,10 @@ class ApiClient:
                 f"estimated cost ${u.cost_usd:.4f}")
 
     def close(self) -> None:
-        """Print the summary; write api_usage.json: this invocation, and the ledger's totals."""
+        """Print the summary; write api_usage.json: this invocation, and the ledger's totals. An
+        invocation that asked nothing (a failed start, everything done) leaves both as they were."""
+        if not (self.usage.sent or self.usage.cache_hits or self.usage.errors or self.usage.retries):
+            return
         total, invocations = read_ledger(self.ledger_path)
         line = self.summary()
         if invocations > 1:
