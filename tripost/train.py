@@ -294,11 +294,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def set_single_process_env() -> None:
-    """A plain `tripost train` is a world of one: set the variables a launcher would."""
-    if "RANK" not in os.environ:
+def init_distributed(deepspeed, backend: str) -> None:
+    """Join the launcher's world, or make a world of one for a plain `tripost train`. A free port
+    can be taken by another process between our probe and the store's listen, so a world of one
+    retries with a fresh port (a launcher's port is the launcher's business)."""
+    if "RANK" in os.environ:
+        deepspeed.init_distributed(dist_backend=backend)
+        return
+    from torch.distributed import DistNetworkError
+
+    for attempt in range(5):
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(_free_port()))
+        try:
+            deepspeed.init_distributed(dist_backend=backend)
+            return
+        except DistNetworkError:
+            if attempt == 4:
+                raise
 
 
 def use_bf16(tc) -> bool:
@@ -495,9 +508,8 @@ def run_training(tc: TrainConfig, examples_path, model_dir, out_dir) -> dict:
         raise TripostError(f"{examples_path}: no training examples")
     pad_id = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
 
-    set_single_process_env()
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    deepspeed.init_distributed(dist_backend=backend)
+    init_distributed(deepspeed, backend)
     import torch.distributed as dist
 
     rank, world = dist.get_rank(), dist.get_world_size()
