@@ -5,19 +5,31 @@
 Each question is one episode of the method (TriPosT: the learner answers and, once trained on
 TriPosT data, critiques and updates its own answer), driven in batches (tripost/engine.py) with
 the `collect` generation settings. Each finished question is appended to the output as a
-Trajectory, flushed after every batch; a rerun skips ids already in the file, so a killed job loses
-at most the batch in flight. The resolved config is written beside the output when it starts.
+Trajectory, flushed after every batch; one the method drops (status "dropped", e.g. a debate with
+no consensus) goes to dropped.jsonl beside it, so it is counted, not lost. A rerun skips ids
+already in either file, so a killed job loses at most the batch in flight. The resolved config is
+written beside the output when it starts.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from tripost.config import Config, EditConfig, GenerationConfig, method_config, save_config
 from tripost.engine import ExpertAnswerer, ModelAnswerer
 from tripost.errors import TripostError
 from tripost.experts import make_expert
+from tripost.io import done_ids
+from tripost.records import read_trajectories
 from tripost.rollout import run_episodes, todo_examples
+
+DROPPED = "dropped.jsonl"
+
+
+def dropped_path(out_path: Path) -> Path:
+    """Where a rollout stage writes the records the method dropped: beside its output."""
+    return Path(out_path).with_name(DROPPED)
 
 
 def partner_specs(method_module, method_cfg, stage: str, edit_cfg: EditConfig) -> dict[str, str]:
@@ -43,12 +55,15 @@ def rollout_stage(task, gen: GenerationConfig, method: str, method_cfg, chat_tem
                   partners: dict | None = None, edit_cfg: EditConfig | None = None) -> dict:
     """Run the method's rollout episode on every example of `split` not yet in `out_path`: the loop
     collect and evaluate share. `models` ({name: dir}) are the models being trained; `partners`
-    ({name: spec}) answer too but are never trained. Returns counts."""
+    ({name: spec}) answer too but are never trained. Records the method drops go to
+    dropped.jsonl beside out_path. Returns counts (kept, dropped and drop reasons over both files,
+    the rest for this run)."""
     from tripost.methods import get_method
 
     m = get_method(method)
     examples = task.load(split)
-    todo = todo_examples(examples, {"kept": out_path})
+    outputs = {"kept": out_path, "dropped": dropped_path(out_path)}
+    todo = todo_examples(examples, outputs)
     counts = {}
     if todo:
         answerers = {name: ModelAnswerer(name, path, gen, chat_template) for name, path in models.items()}
@@ -62,13 +77,16 @@ def rollout_stage(task, gen: GenerationConfig, method: str, method_cfg, chat_tem
             return traj
 
         try:
-            counts = run_episodes([(ex.id, episode(ex)) for ex in todo], answerers, {"kept": out_path},
+            counts = run_episodes([(ex.id, episode(ex)) for ex in todo], answerers, outputs,
                                   window=4 * gen.batch_size, desc=stage, progress=progress)
         finally:
             for a in answerers.values():
                 if isinstance(a, ExpertAnswerer):
                     a.expert.close()
+    dropped = read_trajectories(outputs["dropped"]) if outputs["dropped"].is_file() else []
     return {"examples": len(examples), "skipped": len(examples) - len(todo), "generated": len(todo),
+            "kept": len(done_ids(out_path)), "dropped": len(dropped),
+            "drop_reasons": dict(sorted(Counter(t.drop_reason for t in dropped).items())),
             "correct_this_run": counts.get("correct", 0),
             "stops_this_run": {k[5:]: v for k, v in sorted(counts.items()) if k.startswith("stop:")}}
 

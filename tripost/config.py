@@ -221,6 +221,10 @@ class IterateConfig:
     # name and overrides of the method's config section, e.g. {supportive_only: {stances: supportive}}.
     # Each trains its own models from the same base, on as many tokens per round as the method.
     arms: dict = field(default_factory=dict)
+    # Collect (and so train) on the test split's questions instead of the train split's: reproduces
+    # protocols that train and evaluate on the same questions (the official multi-agent finetuning
+    # code). Not a held-out evaluation; the results say so.
+    train_on_test: bool = False
 
 
 @dataclass
