@@ -76,7 +76,7 @@ def _process(out, task, process, method, method_cfg, chat_template, trajectories
 def _train(out, train, examples, model):
     from tripost.train import train as run
 
-    if not read_records(examples):
+    if Path(examples).stat().st_size == 0:  # process wrote no examples for this model
         return _unchanged(out, model)
     return run(train, examples, model, out)
 

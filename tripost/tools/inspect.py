@@ -292,8 +292,19 @@ def tokenizer_for(path: Path, given: str | None):
         run, cfg = _run_config(path)
         if run is None:
             raise TripostError(f"{path} is not inside a run directory; give the tokenizer with --tokenizer DIR")
-        given = str(run / "round_0/init_model") if cfg.model is None else cfg.model
+        given = str(init_model_dir(run, cfg)) if cfg.model is None else cfg.model
     return load_tokenizer(given), given
+
+
+def init_model_dir(run: Path, cfg) -> Path:
+    """Where the run's init_model stage wrote the tiny model: round_0/init_model, or its directory in
+    the base cache (iterate.base_cache), as the run's plan says."""
+    from tripost.iterate import plan
+
+    for stage in plan(cfg, run):
+        if stage.id.endswith("/init_model"):
+            return stage.dir
+    return run / "round_0/init_model"
 
 
 def main(args, cfg=None) -> int:
