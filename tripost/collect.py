@@ -5,8 +5,10 @@
 Each question is one episode of the method (TriPosT: the learner answers and, once trained on
 TriPosT data, critiques and updates its own answer), driven in batches (tripost/engine.py) with
 the `collect` generation settings. Each finished question is appended to the output as a
-Trajectory, flushed after every batch; a rerun skips ids already in the file, so a killed job loses
-at most the batch in flight. The resolved config is written beside the output when it starts.
+Trajectory, flushed after every batch; one the method drops (status "dropped", e.g. a debate with
+no consensus) goes to dropped.jsonl beside it, so it is counted, not lost. A rerun skips ids
+already in either file, so a killed job loses at most the batch in flight. The resolved config is
+written beside the output when it starts.
 """
 
 from __future__ import annotations
@@ -21,8 +23,19 @@ from tripost.config import Config, EditConfig, GenerationConfig, method_config, 
 from tripost.engine import ExpertAnswerer, ModelAnswerer, close_vllm_engines
 from tripost.errors import TripostError
 from tripost.experts import make_expert
-from tripost.io import jsonl_objects, write_jsonl
+from tripost.io import done_ids, jsonl_objects, write_jsonl
+from tripost.records import read_trajectories
 from tripost.rollout import run_episodes, todo_examples
+
+DROPPED = "dropped.jsonl"
+
+
+def dropped_path(out_path: Path) -> Path:
+    """Where a rollout stage writes the records the method dropped: beside its output
+    (attempts.jsonl -> dropped.jsonl, a shard's attempts.shard0-of-2.jsonl -> dropped.shard0-of-2.jsonl)."""
+    out_path = Path(out_path)
+    stem, dot, rest = out_path.name.partition(".")
+    return out_path.with_name(DROPPED if rest == "jsonl" else f"dropped{dot}{rest}")
 
 
 def partner_specs(method_module, method_cfg, stage: str, edit_cfg: EditConfig) -> dict[str, str]:
@@ -49,14 +62,17 @@ def rollout_stage(task, gen: GenerationConfig, method: str, method_cfg, chat_tem
                   shard: tuple[int, int] | None = None) -> dict:
     """Run the method's rollout episode on every example of `split` not yet in `out_path`: the loop
     collect and evaluate share. `models` ({name: dir}) are the models being trained; `partners`
-    ({name: spec}) answer too but are never trained. With gen.data_parallel = N > 1, N processes
-    each take a shard (`shard` = (k, N): the questions whose id falls in shard k) into a shard file
-    of their own, merged into `out_path` when all are done. Returns counts."""
+    ({name: spec}) answer too but are never trained. Records the method drops go to
+    dropped.jsonl beside out_path. With gen.data_parallel = N > 1, N processes each take a shard
+    (`shard` = (k, N): the questions whose id falls in shard k) into shard files of their own,
+    merged when all are done. Returns counts (kept, dropped and drop reasons over both files, the
+    rest for this run)."""
     from tripost.methods import get_method
 
     m = get_method(method)
     examples = task.load(split)
-    todo = todo_examples(examples, {"kept": out_path})
+    outputs = {"kept": out_path, "dropped": dropped_path(out_path)}
+    todo = todo_examples(examples, outputs)
     if shard is not None:
         todo = [ex for ex in todo if in_shard(ex.id, *shard)]
     elif gen.data_parallel > 1 and todo:
@@ -75,14 +91,17 @@ def rollout_stage(task, gen: GenerationConfig, method: str, method_cfg, chat_tem
             return traj
 
         try:
-            counts = run_episodes([(ex.id, episode(ex)) for ex in todo], answerers, {"kept": out_path},
+            counts = run_episodes([(ex.id, episode(ex)) for ex in todo], answerers, outputs,
                                   window=4 * gen.batch_size, desc=stage, progress=progress)
         finally:
             for a in answerers.values():
                 if isinstance(a, ExpertAnswerer):
                     a.expert.close()
             close_vllm_engines()
+    dropped = read_trajectories(outputs["dropped"]) if outputs["dropped"].is_file() else []
     return {"examples": len(examples), "skipped": len(examples) - len(todo), "generated": len(todo),
+            "kept": len(done_ids(out_path)), "dropped": len(dropped),
+            "drop_reasons": dict(sorted(Counter(t.drop_reason for t in dropped).items())),
             "correct_this_run": counts.get("correct", 0),
             "stops_this_run": {k[5:]: v for k, v in sorted(counts.items()) if k.startswith("stop:")}}
 
@@ -161,14 +180,24 @@ def data_parallel(task, gen, method, method_cfg, chat_template, models, split, o
     failed = _run_ray(args) if gen.parallel == "ray" else _run_processes(args)
     if failed:
         raise TripostError(f"{stage}: data-parallel shard(s) {failed} failed (see above); rerun to resume them")
-    merged = {d["id"]: d for _, d in jsonl_objects(out_path)} if out_path.exists() else {}
-    new = [d for k in range(n) for _, d in jsonl_objects(shard_file(out_path, k, n), allow_torn_tail=True)]
-    merged.update((d["id"], d) for d in new)
-    write_jsonl(out_path, [merged[i] for i in sorted(merged)])
-    for k in range(n):
-        shard_file(out_path, k, n).unlink()
+    new = []
+    for final in (out_path, dropped_path(out_path)):
+        shards = [shard_file(final, k, n) for k in range(n)]
+        merged = {d["id"]: d for _, d in jsonl_objects(final)} if final.exists() else {}
+        for shard in shards:
+            if shard.exists():
+                records = [d for _, d in jsonl_objects(shard, allow_torn_tail=True)]
+                merged.update((d["id"], d) for d in records)
+                new += records
+        if merged or final == out_path:  # the kept file always exists: the next stage's input
+            write_jsonl(final, [merged[i] for i in sorted(merged)])
+        for shard in shards:
+            shard.unlink(missing_ok=True)
+    dropped = read_trajectories(dropped_path(out_path)) if dropped_path(out_path).is_file() else []
     return {"examples": n_examples, "skipped": n_examples - n_todo, "generated": n_todo, "data_parallel": n,
-            "correct_this_run": sum(d["correct"] for d in new),
+            "kept": len(done_ids(out_path)), "dropped": len(dropped),
+            "drop_reasons": dict(sorted(Counter(t.drop_reason for t in dropped).items())),
+            "correct_this_run": sum(bool(d["correct"]) for d in new),
             "stops_this_run": dict(sorted(Counter(d["stop"] for d in new).items()))}
 
 

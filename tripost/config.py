@@ -249,6 +249,39 @@ class TripostConfig:
 
 
 @dataclass
+class MultiagentConfig:
+    """Multi-agent finetuning's own settings (tripost/methods/multiagent.py; Subramaniam et al. 2025)."""
+
+    # N: generator agents gen0..gen{N-1} and, with debate_rounds >= 2, as many critics critic0..
+    agents: int = 3
+    # Answers per question by each generator at debate round 0 (> 1 only with debate_rounds 1: one
+    # agent sampling several answers and voting, the single-agent majority-vote baseline).
+    samples: int = 1
+    # Debate rounds, counting round 0 (the generators alone): 2 = answers at rounds 0 and 1.
+    debate_rounds: int = 2
+    # Other agents' previous-round answers a critic sees (shuffled; the paper's code: at most 5).
+    max_others: int = 5
+    # The critic first summarises the other agents' answers and sees its summary instead of them.
+    summarize: bool = False
+    # A plurality tie: "no_label" (the question gives no data; counted) or "largest_string" (the
+    # lexicographically largest tied answer wins, as the official code does; for reproduction).
+    tie_break: str = "no_label"
+    # D+ critic examples (kept an answer that already agreed) per D- example (changed its answer to
+    # reach the consensus), sampled with the process seed, never more than exist; null = all D+.
+    dplus_ratio: float | None = 0.5
+    # Loss weights of a critic's debate: its revised answers (rounds >= 1) and its round-0 answer
+    # when they agree with the consensus; any of its answers that does not (the round-0 answer it
+    # revised); the other agents' text.
+    w_revised: float = 1.0
+    w_first: float = 1.0
+    w_wrong: float = 0.0
+    w_others: float = 0.0
+    # Ablation (uses labels, unlike the paper's method): keep the answers that match the gold answer
+    # instead of those that match the consensus.
+    gold_filter: bool = False
+
+
+@dataclass
 class IterateConfig:
     """The loop: rounds of collect, edit, process, train, evaluate (tripost/iterate.py)."""
 
@@ -276,6 +309,10 @@ class IterateConfig:
     # name and overrides of the method's config section, e.g. {supportive_only: {stances: supportive}}.
     # Each trains its own models from the same base, on as many tokens per round as the method.
     arms: dict = field(default_factory=dict)
+    # Collect (and so train) on the test split's questions instead of the train split's: reproduces
+    # protocols that train and evaluate on the same questions (the official multi-agent finetuning
+    # code). Not a held-out evaluation; the results say so.
+    train_on_test: bool = False
 
 
 @dataclass
@@ -284,7 +321,7 @@ class Config:
 
     name: str = "demo"
     runs_dir: str = "runs"
-    # The self-improvement method (tripost/methods/): tripost.
+    # The self-improvement method (tripost/methods/): tripost | multiagent.
     method: str = "tripost"
     # A Hugging Face model directory; null = build a tiny model (`init_model`) for the demo.
     model: str | None = None
@@ -299,6 +336,7 @@ class Config:
     evaluate: GenerationConfig = field(default_factory=GenerationConfig)
     iterate: IterateConfig = field(default_factory=IterateConfig)
     tripost: TripostConfig = field(default_factory=TripostConfig)
+    multiagent: MultiagentConfig = field(default_factory=MultiagentConfig)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -578,7 +616,7 @@ def check_api_config(api_cfg: ApiConfig) -> None:
         need(finite(getattr(api_cfg, key)) and getattr(api_cfg, key) >= 0, key, "must be >= 0")
 
 
-METHOD_NAMES = ("tripost",)
+METHOD_NAMES = ("tripost", "multiagent")
 
 
 def stage_view(section, reads: tuple[str, ...]):
@@ -591,6 +629,8 @@ def method_config(cfg: Config):
     """The config section of the method `cfg.method` names (its section has the method's name)."""
     if cfg.method == "tripost":
         return cfg.tripost
+    if cfg.method == "multiagent":
+        return cfg.multiagent
     raise TripostError(f"config: unknown method {cfg.method!r} (choose from {', '.join(METHOD_NAMES)})")
 
 
@@ -608,6 +648,15 @@ def validate(cfg: Config) -> None:
     need(t.max_improvements >= 0, "tripost.max_improvements", "must be >= 0")
     need(t.collect_max_calls >= 1, "tripost.collect_max_calls", "must be >= 1")
     need(t.evaluate_max_calls >= 1, "tripost.evaluate_max_calls", "must be >= 1")
+    check_multiagent(cfg.multiagent, "multiagent")
+    if cfg.method == "multiagent":
+        for name, overrides in cfg.iterate.arms.items():
+            try:
+                arm = with_changes(cfg.multiagent, **overrides)
+            except TypeError as e:
+                raise TripostError(f"config: iterate.arms.{name}: {e} (keys are fields of the 'multiagent' "
+                                   "section)") from None
+            check_multiagent(arm, f"iterate.arms.{name}")
     tc = cfg.train
     need(tc.normalizer in ("mask", "weight"), "train.normalizer", "must be 'mask' or 'weight'")
     need(tc.lr_schedule in ("cosine", "linear", "constant"), "train.lr_schedule",
@@ -660,6 +709,28 @@ def validate(cfg: Config) -> None:
     need(cfg.iterate.warmup_questions is None or cfg.iterate.warmup_questions >= 1, "iterate.warmup_questions",
          "must be >= 1 (or null)")
     need(len(set(cfg.iterate.seeds)) == len(cfg.iterate.seeds), "iterate.seeds", "must not repeat a seed")
+
+
+def check_multiagent(mc: MultiagentConfig, prefix: str) -> None:
+    """Ranges of a multiagent section (or an arm's overrides of it, `prefix` iterate.arms.<name>)."""
+
+    def need(ok: bool, key: str, why: str):
+        if not ok:
+            raise TripostError(f"config: '{prefix}.{key}' {why}, got {getattr(mc, key)!r}")
+
+    need(1 <= mc.agents <= 16, "agents", "must be in 1..16")
+    need(mc.samples >= 1, "samples", "must be >= 1")
+    need(mc.debate_rounds >= 1, "debate_rounds", "must be >= 1 (1 = the generators alone, no critics)")
+    need(mc.samples == 1 or mc.debate_rounds == 1, "samples",
+         "must be 1 when debate_rounds >= 2 (several samples per agent is the single-agent voting baseline, "
+         "debate_rounds 1)")
+    need(mc.debate_rounds == 1 or mc.agents >= 2, "agents", "must be >= 2 for a debate (debate_rounds >= 2)")
+    need(mc.max_others >= 1, "max_others", "must be >= 1")
+    need(mc.tie_break in ("no_label", "largest_string"), "tie_break", "must be no_label or largest_string")
+    need(mc.dplus_ratio is None or mc.dplus_ratio >= 0, "dplus_ratio", "must be >= 0 (or null: all D+)")
+    for key in ("w_revised", "w_first", "w_wrong", "w_others"):
+        need(getattr(mc, key) >= 0, key, "must be >= 0")
+    need(mc.w_revised > 0, "w_revised", "must be > 0 (the revised answers are what a critic learns)")
 
 
 def with_changes(section, **changes):

@@ -83,16 +83,39 @@ def _process(out, task, process, method, method_cfg, chat_template, trajectories
 def _train(out, train, examples, model):
     from tripost.train import train as run
 
+    if Path(examples).stat().st_size == 0:  # process wrote no examples for this model
+        return _unchanged(out, model)
     return run(train, examples, model, out)
 
 
+def _unchanged(out: Path, model) -> dict:
+    """A model with no training examples this round (a method with several models may leave one
+    without data, e.g. an agent none of whose answers agreed with the consensus) continues
+    unchanged: its start model is copied to out/model, and it trained on 0 tokens."""
+    import shutil
+
+    from tripost.train import MARKER, is_complete
+
+    if not is_complete(out / "model"):  # copy, then rename: a kill leaves no half model behind
+        tmp = out / "model.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(Path(model), tmp)
+        io.write_text(tmp / MARKER, "copied: no training examples\n")
+        shutil.rmtree(out / "model", ignore_errors=True)
+        tmp.rename(out / "model")
+    stats = {"steps": 0, "tokens_seen": 0, "model_dir": str(out / "model"),
+             "skipped": "no training examples: the model continues unchanged"}
+    io.write_json(out / "train_stats.json", stats)
+    return stats
+
+
 def _collect(out, task, collect, method, method_cfg, chat_template, round, models, partners=None, edit=None,
-             partner_models=None):
+             partner_models=None, split="train"):
     from tripost.collect import collect as run
     from tripost.tasks import get_task
 
     return run(get_task(task), collect, method, method_cfg, chat_template, models, out / "attempts.jsonl",
-               round=round, partners=partners, edit_cfg=edit)
+               split=split, round=round, partners=partners, edit_cfg=edit)
 
 
 def _edit(out, task, edit, method, method_cfg, attempts):
@@ -123,6 +146,9 @@ def _match(out: Path, models: list[str], tokenizer, max_length: int, budget: int
     matched = {}
     for model in models:
         pool = read_records(examples_file(out, model))
+        if not pool:  # nothing to repeat: the model trains on nothing (see _unchanged)
+            matched[model] = {"examples": 0, "tokens_seen": 0, "budget_tokens_seen": budget // len(models), "passes": 0}
+            continue
         picked, matched[model] = token_matched(pool, tok, max_length, budget // len(models), seed)
         io.write_jsonl(examples_file(out, model), picked)
     return matched
@@ -293,6 +319,7 @@ def plan(cfg: Config, run_dir: Path) -> list[Stage]:
 
     evaluate("round_0/evaluate", mc, models[""])
     baseline_model = base
+    once = with_changes(cfg.train, epochs=1.0, max_steps=None)  # token-matched data: one pass
     for k in range(1, it.rounds + 1):
         round_trains: list[Path] = []
         for arm, amc in arms.items():
@@ -303,8 +330,9 @@ def plan(cfg: Config, run_dir: Path) -> list[Stage]:
                         "chat_template": cfg.chat_template}
 
             partner_cfg, partner_inputs, partner_scripts = partner_source(cfg, m, amc, "collect")
+            split = {"split": "test"} if it.train_on_test else {}
             attempts = add(f"{r}/collect", _collect, {**common("collect"), "collect": cfg.collect, "round": k,
-                                                      **partner_cfg},
+                                                      **partner_cfg, **split},
                            {"models": dict(models[arm]), **partner_inputs}, scripts=partner_scripts) / "attempts.jsonl"
             new = attempts
             if "edit" in m.STAGES:
@@ -325,7 +353,8 @@ def plan(cfg: Config, run_dir: Path) -> list[Stage]:
                 proc = add(f"{r}/process", _process, {**common("process"), "process": cfg.process, **gold}, inputs,
                            scripts=rationale_scripts if gold else ())
             for name in models[arm]:
-                d = add(f"{r}/train/{name}", _train, {"train": cfg.train},
+                # An arm's data is already repeated up to the method's tokens: one pass over it.
+                d = add(f"{r}/train/{name}", _train, {"train": once if arm else cfg.train},
                         {"examples": examples_file(proc, name), "model": starts[name]})
                 if not arm:
                     round_trains.append(d)
@@ -334,7 +363,6 @@ def plan(cfg: Config, run_dir: Path) -> list[Stage]:
 
         if it.baseline:
             b = f"baseline/round_{k}"
-            once = with_changes(cfg.train, epochs=1.0, max_steps=None)
             bp = add(f"{b}/process", _baseline_process,
                      {"task": cfg.task, "process": cfg.process, "chat_template": cfg.chat_template,
                       "max_length": cfg.train.max_length, "seed": cfg.process.seed + k, **rationales},

@@ -8,7 +8,8 @@ does what every method needs around that, in order, with the counts of each kind
 stats.json:
 
   1. build: method.examples(kept trajectories, gold rationales, ...) -> examples, each naming its
-     model, sorted by id (so nothing depends on the order of the records in the files);
+     model, sorted by id (so nothing depends on the order of the records in the files); the
+     method's drop_reasons say, per model, why a kept trajectory gave it no example;
   2. exact duplicates (same model, same text) are removed, the first one kept;
   3. examples longer than process.max_tokens tokens (as the trainer encodes them) are dropped;
   4. method.select(model, examples, ...) per model: e.g. TriPosT's rebalancing to a share p.
@@ -169,11 +170,12 @@ def process(task, process_cfg: ProcessConfig, method: str, method_cfg, chat_temp
     # collect or edit writes them in another order than an uninterrupted one).
     trajs.sort(key=lambda t: t.id)
     built = sorted(m.examples(trajs, gold, method_cfg, fmt), key=lambda e: e.id)
+    unused = m.drop_reasons(trajs, method_cfg)  # per model: why a kept trajectory gave it no example
     stats: dict = {"trajectories": len(trajs), "gold_rationales": len(gold), "models": {}}
     by_model: dict[str, list[TrainingExample]] = {}
     for model in m.models(method_cfg):
         mine = [e for e in built if e.model == model]
-        model_drops: Counter = Counter()
+        model_drops: Counter = Counter(unused.get(model, {}))
         model_stats: dict = {"built": _counts(mine)}
         mine = _dedupe_and_limit(mine, tokenizer, process_cfg.max_tokens, model_stats, model_drops)
         mine, model_stats["select"] = m.select(model, mine, method_cfg, process_cfg.seed)

@@ -88,8 +88,9 @@ def summarize(cfg, stages: list[Stage], run_dir: Path) -> dict:
                                        if key not in SHARED_METRICS and isinstance(c[key], (float, type(None)))})
         trains = [done[i] for i in ids if {"train", "warmup_train"} & set(i.split("/")) and done.get(i)]
         row["tokens_seen"] = sum(_tokens_seen(t["counts"]) or 0 for t in trains) if trains else None
-        edit = done.get(f"{prefix}/edit")
-        if edit:
+        # The round's data filter: the edit stage, or (methods without one) what collect dropped.
+        edit = done.get(f"{prefix}/edit" if f"{prefix}/edit" in dirs else f"{prefix}/collect")
+        if edit and "drop_reasons" in edit["counts"]:
             row.update(kept=edit["counts"]["kept"], dropped=edit["counts"]["dropped"],
                        drop_reasons=edit["counts"]["drop_reasons"])
         row["wall_s"] = seconds(ids)
@@ -107,7 +108,7 @@ def summarize(cfg, stages: list[Stage], run_dir: Path) -> dict:
         row["vs_baseline"] = paired(mine, theirs)
         row["vs_baseline_seen"] = paired(mine, theirs, seen)
         row["vs_baseline_unseen"] = paired(mine, theirs, set(mine) - seen)
-    return {"name": cfg.name, "method": cfg.method, "rows": rows,
+    return {"name": cfg.name, "method": cfg.method, "rows": rows, "train_on_test": cfg.iterate.train_on_test,
             "total_wall_s": seconds([s.id for s in stages]),
             "stages_done": sum(1 for v in done.values() if v), "stages": len(stages)}
 
@@ -195,6 +196,9 @@ def format_table(summary: dict, labels: dict | None = None) -> str:
     foot = (f"accuracies in %, 95% Wilson intervals; vs baseline: accuracy difference in points on the same "
             f"questions, Newcombe interval, exact McNemar p. total wall time: {summary.get('total_wall_s', '-')} s "
             f"({summary['stages_done']}/{summary['stages']} stages done)")
+    if summary.get("train_on_test"):
+        foot += ("\nWARNING: iterate.train_on_test: the rounds collected and trained on the TEST questions (as the "
+                 "official multi-agent finetuning code does); these accuracies are not on held-out questions")
     return "\n".join(acc + [""] + explain + [foot])
 
 

@@ -3,6 +3,8 @@ contract is in docs/methods.md); `get_method(name)` picks the module by a plain 
 
     tripost     TriPosT (Yu et al., NAACL 2024): the model critiques and rewrites its own answers;
                 an expert edits them into improvement trajectories
+    multiagent  multi-agent finetuning (Subramaniam et al., 2025): generator and critic agents
+                debate, each trains on its own answers that agree with the consensus
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ def get_method(name: str) -> ModuleType:
     # Plain imports, no registry: a new method is a new module and one line here.
     if name == "tripost":
         from tripost.methods import tripost as method
+    elif name == "multiagent":
+        from tripost.methods import multiagent as method
     else:
         raise TripostError(f"config: unknown method {name!r} (choose from {', '.join(METHOD_NAMES)})")
     return method

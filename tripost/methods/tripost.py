@@ -20,8 +20,8 @@ The contract every method module implements (docs/methods.md), here for TriPosT:
     partners(mc, stage)                 at test time the judge of the model's own critiques
     rollout(example, task, mc, stage, fmt)   collect and evaluate: the self-improvement loop
     edit(traj, task, mc)                the edit walk with the feedback and improvement experts
-    uses_gold(mc), examples(trajs, gold, mc, fmt), select(model, examples, mc, seed)
-                                        training examples, their weights, rebalancing to p
+    uses_gold(mc), examples(trajs, gold, mc, fmt), drop_reasons(trajs, mc),
+    select(model, examples, mc, seed)   training examples, their weights, rebalancing to p
     group_metrics(trajs)                SI frequency / contribution / harm
 
 `mc` is the `tripost:` config section (TripostConfig). Episodes are generators (tripost/engine.py):
@@ -461,6 +461,11 @@ def examples(trajs: list[Trajectory], gold: list[tuple[Example, str]], mc: Tripo
             n_numbered = sum(1 for s in steps.parse_steps(rationale) if s.label.isdigit())
             out.append(_example("gold", ex, fmt, rationale, steps.feedback_correct(n_numbered), None, mc.w))
     return out
+
+
+def drop_reasons(trajs: list[Trajectory], mc: TripostConfig) -> dict[str, dict[str, int]]:
+    """Every kept (edited) trajectory gives the learner examples: nothing to count here."""
+    return {}
 
 
 def select(model: str, examples: list[TrainingExample], mc: TripostConfig,

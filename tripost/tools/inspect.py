@@ -9,10 +9,11 @@ Works on attempts, trajectories, dropped, predictions and training-example files
 record's "schema" says what it is; files of older tripost versions are read too), and on a train
 stage's train_log.jsonl (the loss curve in brief). A trajectory is
 shown as its conversation, round by round: who speaks, what kind of message, who wrote it, the
-answer it gives and whether the task judges it right. A training example shows its segments with
-their weights; with --tokens every token is coloured by the weight the trainer gives it, computed by
+answer it gives and whether the task judges it right; a round where several speakers answer (a
+debate) ends with its tally of answers. A training example shows its segments with their speakers
+and weights; with --tokens every token is coloured by the weight the trainer gives it, computed by
 the trainer's own encoder (tripost.train.encode_example), with the tokenizer of the run the file
-belongs to (or --tokenizer DIR).
+belongs to (or --tokenizer DIR), and the count of trained tokens per speaker.
 
 Colours are used only when stdout is a terminal (and NO_COLOR is unset).
 """
@@ -160,11 +161,24 @@ def _indent(text: str, prefix: str = "    ") -> str:
 KIND_COLOURS = {"attempt": "cyan", "update": "green", "feedback": "magenta", "remark": "yellow", "answer": "cyan"}
 
 
+def tally(messages: list) -> str | None:
+    """"40 x2 (gen0, critic1) | 12 x1 (gen1) | no answer x1 (gen2)": the answers of one round when
+    several speakers answer in it (a debate), most frequent first; None otherwise."""
+    answering = [m for m in messages if m.correct is not None]
+    if len(answering) < 2:
+        return None
+    groups: dict[str, list[str]] = {}
+    for m in answering:
+        groups.setdefault(m.answer, []).append(m.speaker)
+    order = sorted(groups, key=lambda a: (-len(groups[a]), a == "", a))
+    return " | ".join(f"{a or 'no answer'} x{len(groups[a])} ({', '.join(groups[a])})" for a in order)
+
+
 def show_trajectory(t: Trajectory, style: Style) -> str:
     head = f"{t.id}  {t.method}  {t.task}" + (f"/{t.subtask}" if t.subtask else "") + ("" if t.seen else "  (unseen)")
     lines = [style(head, "bold"), style("Q: ", "blue") + t.question, style("gold answer: ", "blue") + t.answer]
     last_round = None
-    for m in t.messages:
+    for k, m in enumerate(t.messages):
         if m.round != last_round:
             lines.append(style(f"-- round {m.round}", "dim"))
             last_round = m.round
@@ -176,6 +190,10 @@ def show_trajectory(t: Trajectory, style: Style) -> str:
         lines.append(style(f"{m.speaker} {m.kind}{stance}", KIND_COLOURS.get(m.kind, "cyan"), "bold")
                      + style(f" by {m.author}", "dim") + verdict + cut)
         lines.append(_indent(m.text))
+        if k + 1 == len(t.messages) or t.messages[k + 1].round != m.round:
+            votes = tally([x for x in t.messages if x.round == m.round])
+            if votes:
+                lines.append(style("answers this round: ", "blue") + votes)
     colour = {"kept": "green", "dropped": "yellow", "pending": "cyan"}[t.status]
     result = f"status: {style(t.status, colour, 'bold')}  final answer: {t.final_answer or '-'} " + \
              (style("(right)", "green") if t.correct else style("(wrong)", "red"))
@@ -208,6 +226,31 @@ def token_weights(example: TrainingExample, tokenizer) -> tuple[list[str], list[
         a, b = offsets[i] if i < len(offsets) else (0, 0)
         tokens.append(example.text[a:b] if b > a else tokenizer.convert_ids_to_tokens(tid))
     return tokens, weights
+
+
+def trained_by_speaker(example: TrainingExample, tokenizer) -> dict[str, tuple[int, int]]:
+    """speaker -> (tokens trained with a weight > 0, tokens), as the trainer encodes the example
+    (a token belongs to the segment of its last character; EOS to the last segment): whose text a
+    model learns to write, e.g. a critic's own revised answer but not the other agents' answers."""
+    import bisect
+
+    starts, at = [], 0
+    for seg in example.segments:
+        starts.append(at)
+        at += len(seg.text)
+    enc = tokenizer(example.text, return_offsets_mapping=True, add_special_tokens=not example.chat_template)
+    specials = set(tokenizer.all_special_ids)
+    segs = [max(0, bisect.bisect_right(starts, max(a, b - 1)) - 1)
+            for (a, b), tid in zip(enc["offset_mapping"], enc["input_ids"]) if not (a == b and tid in specials)]
+    if not example.chat_template and tokenizer.eos_token_id is not None:
+        segs.append(len(example.segments) - 1)
+    out: dict[str, list[int]] = {}
+    for i in segs:
+        seg = example.segments[i]
+        counts = out.setdefault(seg.speaker, [0, 0])
+        counts[0] += seg.weight > 0
+        counts[1] += 1
+    return {speaker: (trained, total) for speaker, (trained, total) in out.items()}
 
 
 def show_tokens(tokens: list[str], weights: list[float], style: Style) -> str:
@@ -250,7 +293,7 @@ def tokenizer_for(path: Path, given: str | None):
         run, cfg = _run_config(path)
         if run is None:
             raise TripostError(f"{path} is not inside a run directory; give the tokenizer with --tokenizer DIR")
-        given = str(run / "round_0/init_model") if cfg.model is None else cfg.model
+        given = str(init_model_dir(run, cfg)) if cfg.model is None else cfg.model
     return load_tokenizer(given), given
 
 
@@ -269,6 +312,17 @@ def show_train_log(path: Path, style: Style) -> str:
     step = max(1, len(rows) // 10)
     lines += [f"  step {r['step']:>6}  loss {r['loss']:.4f}" for r in rows[::step]]
     return "\n".join(lines)
+
+
+def init_model_dir(run: Path, cfg) -> Path:
+    """Where the run's init_model stage wrote the tiny model: round_0/init_model, or its directory in
+    the base cache (iterate.base_cache), as the run's plan says."""
+    from tripost.iterate import plan
+
+    for stage in plan(cfg, run):
+        if stage.id.endswith("/init_model"):
+            return stage.dir
+    return run / "round_0/init_model"
 
 
 def main(args, cfg=None) -> int:
@@ -294,6 +348,9 @@ def main(args, cfg=None) -> int:
                 tokens, weights = token_weights(r, tokenizer)
                 print(style(f"tokens by weight (tokenizer {where_from}):", "cyan"))
                 print(show_tokens(tokens, weights, style))
+                print("trained tokens by speaker: " + ", ".join(
+                    f"{speaker} {trained} of {total}" for speaker, (trained, total)
+                    in trained_by_speaker(r, tokenizer).items()))
         print()
     filtered = f" ({len(records)} in the file)" if len(chosen) != len(records) else ""
     print(style(f"{len(shown)} of {len(chosen)} matching records{filtered}", "dim"))

@@ -5,9 +5,12 @@
 
 The page needs no network and no other file: plots are PNGs (matplotlib, Agg backend) embedded as
 base64. It shows, per round, accuracy on seen and unseen test questions beside the equal-compute
-baseline, self-improvement frequency and contribution, the training data by kind, the edit stage's
-drop reasons, training loss curves (each train directory's train_log.jsonl), and a sample of
-trajectories. Every piece of text from the run (questions, attempts, feedback) is HTML-escaped.
+baseline (and the method's arms), the method's own test-time metrics (TriPosT: self-improvement
+frequency, contribution, ...; multi-agent: consensus, each generator's accuracy, ...), the training
+data by kind, the drop reasons (edit stage, or collect for methods without one), training loss
+curves (each train directory's train_log.jsonl), and a sample of trajectories (a debate round by
+round, with its tally of answers). Every piece of text from the run (questions, attempts, feedback)
+is HTML-escaped.
 
 It reads only files: the stage manifests, summary.json, stats/metrics files and JSONL records, so
 it works on a run that is still going (unfinished stages are simply missing).
@@ -123,6 +126,33 @@ def plot_metric_lines(rows: list[dict], metrics: list[tuple[str, str]], title: s
     return _png(fig)
 
 
+def plot_method_metrics(rows: list[dict], method: str, labels: dict) -> str | None:
+    """One line per method metric over the method's own rows (round 0 = the warm-up model)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mine = sorted((r for r in rows if r["arm"] in ("warm-up", method)), key=lambda r: r["round"])
+    keys = list(dict.fromkeys(k for r in mine for k, v in (r.get("method_metrics") or {}).items() if v is not None))
+    if not keys:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    colours = plt.get_cmap("tab10").colors
+    for i, key in enumerate(keys):
+        pts = [(r["round"], r["method_metrics"][key]) for r in mine if (r.get("method_metrics") or {}).get(key) is not None]
+        xs, ys = zip(*pts)
+        ax.plot(xs, [100 * y for y in ys], "-o" if i < 10 else "--s", color=colours[i % 10], label=labels.get(key, key))
+    ax.set_ylim(-2, 105)
+    ax.set_xlabel("round (0 = warm-up model)")
+    ax.set_ylabel("%")
+    ax.set_title(f"Test-time metrics of {method}")
+    ax.set_xticks(sorted({r["round"] for r in mine}))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best", ncol=2)
+    return _png(fig)
+
+
 def plot_stacked(per_round: dict[str, dict[str, int]], title: str, colours: dict | None = None) -> str | None:
     """Stacked bars: one bar per label (round), one segment per category."""
     import matplotlib
@@ -179,9 +209,9 @@ def _pct(v) -> str:
 def final_kinds(manifest: dict) -> dict:
     """Training examples by kind after the process stage (layout-1 manifests kept them elsewhere)."""
     c = manifest["counts"]
-    if "matched" in c:  # a baseline: its token-matched passes over the rationale examples
+    if "matched" in c and "models" not in c:  # a baseline: its token-matched passes over the rationale examples
         return {"rationale (token-matched)": c["matched"]["examples"]}
-    if "models" in c:
+    if "models" in c:  # the method's (an arm's: before its token-matched passes), all models together
         kinds: dict = {}
         for stats in c["models"].values():
             for k, v in stats["final"].items():
@@ -192,14 +222,20 @@ def final_kinds(manifest: dict) -> dict:
     return {k: v for k, v in final.items() if k != "total" and v}
 
 
-def summary_table(summary: dict) -> str:
-    head = ["round", "arm", "acc (all)", "acc seen", "acc unseen", "SI freq", "SI contrib", "kept", "dropped",
-            "drops by reason", "tokens seen", "wall s"]
+def summary_table(summary: dict, labels: dict | None = None) -> str:
+    """The results table: accuracies, the method's own metrics (`labels`: their short names), data
+    and cost."""
+    labels = labels or {}
+    method_keys = list(dict.fromkeys(k for r in summary["rows"] for k in (r.get("method_metrics") or {})))
+    head = ["round", "arm", "acc (all)", "acc seen", "acc unseen", "first acc"] + \
+        [html.escape(labels.get(k, k)) for k in method_keys] + ["kept", "dropped", "drops by reason", "tokens seen",
+                                                                "wall s"]
     rows = []
     for r in summary["rows"]:
         reasons = ", ".join(f"{k}={v}" for k, v in sorted((r.get("drop_reasons") or {}).items())) or "–"
         cells = [r["round"], r["arm"], _pct(r.get("accuracy")), _pct(r.get("accuracy_seen")),
-                 _pct(r.get("accuracy_unseen")), _pct(r.get("si_frequency")), _pct(r.get("si_contribution")),
+                 _pct(r.get("accuracy_unseen")), _pct(r.get("first_accuracy"))] + \
+            [_pct((r.get("method_metrics") or {}).get(k)) for k in method_keys] + [
                  r.get("kept", "–") if r.get("kept") is not None else "–",
                  r.get("dropped", "–") if r.get("dropped") is not None else "–",
                  reasons, r.get("tokens_seen") if r.get("tokens_seen") is not None else "–",
@@ -225,25 +261,36 @@ def render_trajectory(t: Trajectory) -> str:
     def e(text) -> str:
         return html.escape(_clip(str(text)))
     head = f"{e(t.id)} · {e(t.task)}" + (f"/{e(t.subtask)}" if t.subtask else "") + ("" if t.seen else " · unseen")
+    from tripost.tools.inspect import tally
+
     verdict = "correct" if t.correct else "incorrect"
     css = "dropped" if t.status == "dropped" else verdict
-    parts = [f'<div class="traj {css}"><div class="head">{head} · {e(t.status)}, final answer <b>{verdict}</b>'
+    parts = [f'<div class="traj {css}"><div class="head">{head} · {e(t.status)}, final answer '
+             f'{e(t.final_answer or "–")} <b>{verdict}</b>'
              + (f" · drop reason <b>{e(t.drop_reason)}</b>" if t.drop_reason else "") + "</div>",
              f'<div class="q"><b>Q:</b> {e(t.question)} <span class="gold">(gold: {e(t.answer)})</span></div>']
-    for m in t.messages:
+    for k, m in enumerate(t.messages):
         stance = f" [{e(m.stance)}]" if m.stance else ""
-        parts.append(f'<div class="who">round {m.round} · {e(m.speaker)} {e(m.kind)}{stance} by {e(m.author)}</div>'
+        answer = f" · answer {e(m.answer or 'none')} ({'right' if m.correct else 'wrong'})" if m.correct is not None else ""
+        parts.append(f'<div class="who">round {m.round} · {e(m.speaker)} {e(m.kind)}{stance} by {e(m.author)}{answer}</div>'
                      f'<pre class="{e(m.kind)}">{e(m.text)}</pre>')
+        if k + 1 == len(t.messages) or t.messages[k + 1].round != m.round:
+            votes = tally([x for x in t.messages if x.round == m.round])
+            if votes:
+                parts.append(f'<div class="who">round {m.round} answers: {e(votes)}</div>')
     parts.append("</div>")
     return "".join(parts)
 
 
 def sample_trajectories(run_dir: Path, per_file: int = 2) -> list[tuple[str, list[Trajectory]]]:
-    """A few records from each round's edit outputs and the last evaluation."""
+    """A few records from each round's edit outputs (collect's, for methods without an edit stage)
+    and the last evaluation."""
     picks = []
     rounds = sorted(run_dir.glob("round_*"), key=_round_key)
     for sub in rounds:
-        for rel in ("edit/trajectories.jsonl", "edit/dropped.jsonl"):
+        stage = "edit" if (sub / "edit").is_dir() else "collect"
+        for rel in (("edit/trajectories.jsonl", "edit/dropped.jsonl") if stage == "edit"
+                    else ("collect/attempts.jsonl", "collect/dropped.jsonl")):
             path = sub / rel
             if path.is_file():
                 trajs = read_trajectories(path)
@@ -284,28 +331,31 @@ def build_html(run_dir: Path) -> str:
     e = html.escape
 
     from tripost.config import load_config
+    from tripost.methods import get_method
 
     cfg = load_config(run_dir / "config.yaml", older=True)
     task, feedback = cfg.task.name, cfg.edit.feedback
     model = cfg.model or "tiny model built by init-model"
+    labels = get_method(cfg.method).METRIC_LABELS
 
     plots = []
     acc = plot_metric_lines(rows, [("accuracy_seen", "seen"), ("accuracy_unseen", "unseen")],
-                            "Test accuracy: TriPosT vs rationale-SFT baseline")
-    si = plot_metric_lines(rows, [("si_frequency", "SI frequency"), ("si_contribution", "SI contribution")],
-                           "Self-improvement at test time")
+                            f"Test accuracy: {cfg.method} vs rationale-SFT baseline")
+    si = plot_method_metrics(rows, cfg.method, labels)
     composition = {}
     for r in rows:
         sid = "round_0/warmup_process" if r["round"] == 0 else \
-            (f"baseline/round_{r['round']}/process" if r["arm"] == "baseline" else f"round_{r['round']}/process")
+            (f"baseline/round_{r['round']}/process" if r["arm"] == "baseline" else
+             f"round_{r['round']}/process" if r["arm"] == cfg.method else f"arms/{r['arm']}/round_{r['round']}/process")
         m = read_manifest(run_dir / sid)
         if m and m.get("status") == "done":
             composition[f"{r['arm']} {r['round']}"] = final_kinds(m)
     comp = plot_stacked(composition, "Training examples by kind", KIND_COLOURS)
-    drops = {f"round {r['round']}": r.get("drop_reasons") or {} for r in rows if r.get("drop_reasons")}
-    dr = plot_stacked(drops, "Edit: dropped attempts by reason")
+    drops = {f"{r['arm']} {r['round']}": r.get("drop_reasons") or {} for r in rows if r.get("drop_reasons")}
+    dr = plot_stacked(drops, ("Edit" if "edit" in get_method(cfg.method).STAGES else "Collect")
+                      + ": dropped by reason")
     loss = plot_losses([(label, read_train_log(d / "train_log.jsonl")) for label, d in train_dirs(run_dir)])
-    for b64, alt in ((acc, "accuracy per round"), (si, "self-improvement per round"),
+    for b64, alt in ((acc, "accuracy per round"), (si, "method metrics per round"),
                      (comp, "training data composition"), (dr, "drop reasons"), (loss, "training loss")):
         if b64:
             plots.append(_img(b64, alt))
@@ -322,10 +372,12 @@ def build_html(run_dir: Path) -> str:
 {summary.get('stages_done', '?')}/{summary.get('stages', '?')} stages done · total stage time
 {e(str(summary.get('total_wall_s', '–')))} s · directory <code>{e(str(run_dir))}</code></p>
 <h2>Results per round</h2>
-{summary_table(summary)}
+{summary_table(summary, labels)}
 <p class="note">Round 0 is the warm-up ("ft rationale") model. Baseline rows: the previous baseline model
-trained on gold rationales for the same number of tokens as that round's TriPosT training (compare the
-tokens column). Accuracies and SI rates in %.</p>
+trained on gold rationales for the same number of tokens as that round's training of the method (compare the
+tokens column); arm rows: variants of the method, trained on as many tokens. Accuracies and rates in %.
+{"<b>iterate.train_on_test: the rounds trained on the test questions; not a held-out evaluation.</b>"
+ if summary.get("train_on_test") else ""}</p>
 <h2>Plots</h2>
 <div class="plots">{''.join(plots) or '<p class="note">nothing to plot yet</p>'}</div>
 <h2>Sample trajectories</h2>
