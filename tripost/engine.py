@@ -214,7 +214,8 @@ class ExpertAnswerer:
         return [list(range(len(requests)))]
 
     def answer(self, requests: list[Request]) -> list[Reply]:
-        calls = {"feedback": self.expert.feedback_many, "improve": self.expert.improve_many}
+        calls = {"feedback": self.expert.feedback_many, "improve": self.expert.improve_many,
+                 "remark": self.expert.remark_many}
         replies: list[Reply | None] = [None] * len(requests)
         for kind in dict.fromkeys(r.kind for r in requests):
             if kind not in calls:

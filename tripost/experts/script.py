@@ -127,7 +127,9 @@ class _Worker:
 
 
 class ScriptExpert(Expert):
-    """Feedback (and optionally improvement) from a user's Python file, run in worker processes.
+    """Feedback (and optionally improvement and remarks) from a user's Python file, run in worker
+    processes. A script defines `feedback(example, attempt)`, `remark(example, attempt, stance)`
+    or both; make_expert checks that the one its role needs is there.
 
     `path` is used as given (make_expert resolves it); `edit_cfg` is the `edit` config section.
     """
@@ -149,7 +151,7 @@ class ScriptExpert(Expert):
         # Python start-up plus importing the script (which may import big libraries).
         self.startup_timeout_s = max(30.0, self.timeout_s)
         self.workers: list[_Worker] = []
-        self.has_improve = False
+        self.has_feedback = self.has_improve = self.has_remark = False
         try:
             self._start_workers(self.n_workers, first=True)
         except BaseException:
@@ -168,7 +170,7 @@ class ScriptExpert(Expert):
                 if why.startswith("MemoryError"):
                     why += f" (edit.script_memory_mb={self.memory_mb} is too small for what it imports)"
                 problem = f"{self.path}: could not load feedback script: {why}"
-            elif not hello.get("feedback"):
+            elif not hello.get("feedback") and not hello.get("remark"):
                 problem = f"{self.path}: feedback script defines no `feedback(example, attempt)` function"
             if problem is not None:
                 if first:  # at start-up: a user error, before any work is done
@@ -177,7 +179,9 @@ class ScriptExpert(Expert):
                     raise TripostError(problem)
                 w.kill()  # a restart that fails mid-run: go on with fewer workers (see _run)
                 continue
+            self.has_feedback = bool(hello.get("feedback"))
             self.has_improve = bool(hello.get("improve"))
+            self.has_remark = bool(hello.get("remark"))
             self.workers.append(w)
 
     def _replace(self, worker: _Worker) -> _Worker | None:
@@ -203,12 +207,19 @@ class ScriptExpert(Expert):
 
     # -- requests -------------------------------------------------------------------------------
     def feedback_many(self, requests: list[tuple]) -> list[Reply]:
+        if not self.has_feedback:
+            raise TripostError(f"{self.path}: feedback script defines no `feedback(example, attempt)` function")
         return self._run("feedback", [[example_dict(ex), attempt] for ex, attempt in requests])
 
     def improve_many(self, requests: list[tuple]) -> list[Reply]:
         if not self.has_improve:
             raise TripostError(f"{self.path}: feedback script has no `improve(example, attempt, feedback)` function")
         return self._run("improve", [[example_dict(ex), attempt, fb] for ex, attempt, fb in requests])
+
+    def remark_many(self, requests: list[tuple]) -> list[Reply]:
+        if not self.has_remark:
+            raise TripostError(f"{self.path}: feedback script has no `remark(example, attempt, stance)` function")
+        return self._run("remark", [[example_dict(ex), attempt, stance] for ex, attempt, stance in requests])
 
     def _run(self, kind: str, items: list[list]) -> list[Reply]:
         """Send `items` to the workers in chunks, collect one Reply per item, in order.
@@ -322,8 +333,8 @@ def _call(fn, kind: str, args: list, path: str) -> dict:
         return {"error": "script_out_of_memory", "detail": _describe(e, path)}
     except Exception as e:  # noqa: BLE001 - any failure of user code is a drop reason, not a crash
         return {"error": "script_error", "detail": _describe(e, path)}
-    if out is None and kind == "feedback":
-        return {"error": "script_no_feedback"}
+    if out is None and kind in ("feedback", "remark"):
+        return {"error": f"script_no_{kind}"}
     if not isinstance(out, str):
         return {"error": "script_bad_return", "detail": f"{kind}() returned {type(out).__name__}, expected str"}
     try:
@@ -409,9 +420,8 @@ def worker_main() -> None:
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which names the file
         send({"error": _describe(e, path)})
         return
-    feedback, improve = getattr(module, "feedback", None), getattr(module, "improve", None)
-    send({"feedback": callable(feedback), "improve": callable(improve)})
-    fns = {"feedback": feedback, "improve": improve}
+    fns = {kind: getattr(module, kind, None) for kind in ("feedback", "improve", "remark")}
+    send({kind: callable(fn) for kind, fn in fns.items()})
     for line in proto_in:
         msg = json.loads(line)
         fn, kind = fns[msg["kind"]], msg["kind"]
