@@ -68,6 +68,9 @@ def rollout_stage(task, gen: GenerationConfig, method: str, method_cfg, chat_tem
             for a in answerers.values():
                 if isinstance(a, ExpertAnswerer):
                     a.expert.close()
+        if counts.get("pending"):  # a partner was unreachable: those questions are not written
+            raise TripostError(f"{counts['pending']} questions not done in {out_path}: a partner was unreachable; "
+                               "rerun to retry them")
     return {"examples": len(examples), "skipped": len(examples) - len(todo), "generated": len(todo),
             "correct_this_run": counts.get("correct", 0),
             "stops_this_run": {k[5:]: v for k, v in sorted(counts.items()) if k.startswith("stop:")}}

@@ -106,7 +106,7 @@ def remark_tool(auto: bool) -> dict:
                                        "adversarial if it is right (you challenge it)"},
              "remark": {"type": "string", "description": "your remark to the student, one or two sentences"}}
     return {"name": "write_remark",
-            "description": "Write your remark on the student's attempt" + (" and the stance you took." if auto else "."),
+            "description": "Write your remark on the student's attempt" + (" and your stance." if auto else "."),
             "input_schema": {"type": "object", "properties": props if auto else {"remark": props["remark"]},
                              "required": ["stance", "remark"] if auto else ["remark"]}}
 

@@ -249,8 +249,18 @@ def tokenizer_for(path: Path, given: str | None):
         run, cfg = _run_config(path)
         if run is None:
             raise TripostError(f"{path} is not inside a run directory; give the tokenizer with --tokenizer DIR")
-        given = str(run / "round_0/init_model") if cfg.model is None else cfg.model
+        given = str(init_model_dir(run, cfg)) if cfg.model is None else cfg.model
     return load_tokenizer(given), given
+
+
+def init_model_dir(run: Path, cfg) -> Path:
+    """Where a run's own tiny model is: round_0/init_model, or in iterate.base_cache."""
+    local = run / "round_0/init_model"
+    if local.is_dir() or cfg.iterate.base_cache is None:
+        return local
+    from tripost.iterate import plan, prepare
+
+    return next(s.dir for s in plan(prepare(cfg), run) if s.id == "base/init_model")
 
 
 def main(args, cfg=None) -> int:
