@@ -441,7 +441,9 @@ def remark(example: dict, attempt: str, stance: str) -> str:
     ma.question_expression(question)  # an unreadable question is an error (script_error), not a remark
     if stance == "supportive":
         fb = feedback(example, attempt)
-        return fb if fb is not None else steps.feedback_wrong(0, "1", "(no answer)", "there are no steps; start with step (1)")
+        if fb is None:  # no attempt at all
+            return steps.feedback_wrong(0, "1", "(no answer)", "there are no steps; start with step (1)")
+        return fb
     if stance == "adversarial":
         return _adversarial(question, attempt)
     raise ValueError(f"unknown stance {stance!r} (supportive or adversarial)")

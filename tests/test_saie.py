@@ -496,18 +496,21 @@ def env() -> dict:
 def test_sigkill_inside_the_discussion_then_resume(tmp_path, tiny_model_dir):
     """`tripost collect` with the SAIE episode, killed once records are being written (the questions
     in flight are mid-discussion), then rerun: the same records as an uninterrupted run."""
-    args = ["method=saie", "task.max_train=16", "collect.batch_size=2", "collect.max_new_tokens=16",
-            "saie.discussion_rounds=3", "edit.script_workers=1"]
+    args = ["method=saie", "task.max_train=12", "collect.batch_size=2", "collect.max_new_tokens=12",
+            "saie.discussion_rounds=2", "edit.script_workers=1"]
 
     def collect(out: Path):
         return [sys.executable, "-m", "tripost", "collect", "--model", str(tiny_model_dir), "--out", str(out), *args]
 
-    ref = tmp_path / "ref.jsonl"
-    done = subprocess.run(collect(ref), env=env(), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    from tripost.collect import collect as run_collect, partner_specs
+
+    ref = tmp_path / "ref.jsonl"  # the uninterrupted run, in this process
+    cfg = load_config(None, args)
+    run_collect(get_task(cfg.task), cfg.collect, "saie", cfg.saie, False, {"learner": tiny_model_dir}, ref,
+                partners=partner_specs(saie, cfg.saie, "collect", cfg.edit), edit_cfg=cfg.edit, progress=False)
     want = sorted(ref.read_text().splitlines())
-    assert len(want) == 16
-    assert all(len(t.messages) == 7 and t.messages[1].stance for t in read_trajectories(ref))
+    assert len(want) == 12  # two windows of 8 episodes (4 batches of 2) and 4
+    assert all(len(t.messages) == 5 and t.messages[1].stance for t in read_trajectories(ref))
 
     out = tmp_path / "killed.jsonl"
     proc = subprocess.Popen(collect(out), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -519,7 +522,7 @@ def test_sigkill_inside_the_discussion_then_resume(tmp_path, tiny_model_dir):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     written = out.read_text().count("\n")
-    assert 0 < written < 16
+    assert 0 < written < 12
     again = subprocess.run(collect(out), env=env(), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"({written} already there)" in again.stdout
