@@ -139,7 +139,7 @@ def _answer_message(task, example: Example, kind: str, reply, r: int) -> Message
 def _remark_request(example: Example, fmt: PromptFormat, mc: SaieConfig, turns, stance: str) -> Request:
     if mc.partner.startswith("model:"):
         return Request(PARTNER, "generate", prompt=partner_prompt(fmt, example.question, turns, stance),
-                       seed=request_seed(example.id, PARTNER, len(turns)))
+                       seed=request_seed(example.id, "partner_model", len(turns)))
     return Request(PARTNER, "remark", args=(example, turns[-1][1], stance))
 
 
