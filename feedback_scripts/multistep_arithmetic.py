@@ -1,10 +1,12 @@
-"""Scripted feedback and improvement for multistep arithmetic (the TriPosT paper's scripted expert).
+"""Scripted feedback and improvement for multistep arithmetic (the TriPosT paper's scripted expert),
+and the remarks of SAIE's scripted partner.
 
-Loaded by path (`edit.feedback: script:feedback_scripts/multistep_arithmetic.py`) and run in a
-worker process. Two plain functions:
+Loaded by path (`edit.feedback: script:feedback_scripts/multistep_arithmetic.py`, or
+`saie.partner: script:...`) and run in a worker process. Three plain functions:
 
     feedback(example, attempt) -> str | None
     improve(example, attempt, feedback) -> str
+    remark(example, attempt, stance) -> str      stance "supportive" | "adversarial"
 
 `example` is a dict with at least "question" ("((-7 + 6 * 2) * (3 - 5)) ="). The attempt should
 follow the rationale format documented in tripost/tasks/multistep_arithmetic.py. `feedback` walks
@@ -29,6 +31,16 @@ attempt at all or the question itself cannot be read.
 `improve` keeps every step before the first wrong one and writes the rest the way the gold
 rationale would, continuing from the verified steps (their partition and calculated values).
 
+`remark` (SAIE's partner, in the same feedback grammar so the two stances look alike):
+  * supportive: the feedback above: the first wrong step and why (or that every step is correct);
+  * adversarial: a step that IS correct (a calculation or the final equation among the verified
+    steps, picked by a hash of question and attempt) said to be wrong, with a plausible wrong
+    value for its last "=" link (off by one or two, or the sign flipped), e.g.
+    'Step (1) is correct. In step (2) the part "(-7 + 12) = 5" is incorrect. This is because
+    (-7 + 12) is equal to 6, not 5.' With no such step verified, the final response is said to be
+    wrong, with an answer that is neither the gold one nor the attempt's. Wrong on purpose: the
+    claimed value, put into the step, is one this script's feedback rejects (tests check it).
+
 Try it (prints the feedback, and the improvement when a step is wrong):
     python feedback_scripts/multistep_arithmetic.py "((1 + 2) * (3 - 5)) =" \
         '(1) This equation can be written as "A * B", where A = (1 + 2) and B = (3 - 5).'
@@ -40,6 +52,7 @@ tests, each well under a second).
 
 from __future__ import annotations
 
+import hashlib
 import re
 import sys
 
@@ -368,6 +381,74 @@ def improve(example: dict, attempt: str, feedback: str | None = None) -> str:
     return steps.render_steps(kept) + "\n" + "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------------------------
+# SAIE's scripted partner
+
+
+def _hash(*parts: str) -> int:
+    """A number fixed by the texts (so a remark does not depend on the run, the worker or the order)."""
+    return int(hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:15], 16)
+
+
+def _wrong_values(value: int, avoid=()) -> list[int]:
+    """Plausible wrong values for `value`: off by one or two, the sign flipped, off by ten."""
+    out = []
+    for v in (value + 1, value - 1, -value, value + 2, value - 2, value + 10):
+        if v != value and v not in avoid and v not in out:
+            out.append(v)
+    return out
+
+
+def _value_links(kept: list) -> list[tuple[int, str, str, str, int]]:
+    """(index, label, left, right, value) of the last "=" link of every verified calculation and
+    final-equation step: a correct claim "left = value" an adversary can dispute."""
+    out = []
+    for i, step in enumerate(kept):
+        text = " ".join(step.text.split())
+        m = _CALC_RE.match(text) or _FINAL_EQ_RE.match(text)
+        if m is None:
+            continue
+        pieces = _strip_period(m.group(m.lastindex)).split("=")
+        value = arith.parse_int(pieces[-1].strip()) if len(pieces) >= 2 else None
+        if value is not None:
+            out.append((i, step.label, pieces[-2].strip(), pieces[-1].strip(), value))
+    return out
+
+
+def _adversarial(question: str, attempt: str) -> str:
+    verdict = _judge(question, attempt)
+    h = _hash(question, attempt)
+    links = _value_links(verdict.kept) if verdict is not None else []
+    if links:
+        i, label, left, right, value = links[h % len(links)]
+        claims = _wrong_values(value)
+        claim = claims[(h // len(links)) % len(claims)]
+        return steps.feedback_wrong(i, label, f"{left} = {right}", f"{left} is equal to {claim}, not {right}")
+    # Nothing verified to dispute: say the final answer is another wrong one.
+    gold = arith.evaluate(ma.question_expression(question))
+    final = [s for s in steps.parse_steps(attempt[:MAX_ATTEMPT_CHARS]) if s.label == steps.FINAL]
+    given = steps.extract_final_answer(attempt[:MAX_ATTEMPT_CHARS]) or ""
+    claims = _wrong_values(gold, avoid=(arith.parse_int(given),))
+    part = _short(final[0].text) if final else "(no final response)"
+    return steps.feedback_wrong(0, steps.FINAL, part, f"the answer is {claims[h % len(claims)]}")
+
+
+def remark(example: dict, attempt: str, stance: str) -> str:
+    """SAIE's partner: supportive = the feedback (the first wrong step and why); adversarial = a
+    correct step disputed with a plausible wrong value (see the module docstring)."""
+    question = example["question"]
+    attempt = attempt if isinstance(attempt, str) else ""
+    ma.question_expression(question)  # an unreadable question is an error (script_error), not a remark
+    if stance == "supportive":
+        fb = feedback(example, attempt)
+        if fb is None:  # no attempt at all
+            return steps.feedback_wrong(0, "1", "(no answer)", "there are no steps; start with step (1)")
+        return fb
+    if stance == "adversarial":
+        return _adversarial(question, attempt)
+    raise ValueError(f"unknown stance {stance!r} (supportive or adversarial)")
+
+
 if __name__ == "__main__":
     if len(sys.argv) != 3:
         sys.exit("usage: python feedback_scripts/multistep_arithmetic.py QUESTION ATTEMPT")
@@ -376,3 +457,4 @@ if __name__ == "__main__":
     print("Feedback:", fb)
     if fb is not None and not steps.says_correct(fb):
         print("Improved:\n" + improve(ex, sys.argv[2], fb))
+    print("Adversarial remark:", remark(ex, sys.argv[2], "adversarial"))

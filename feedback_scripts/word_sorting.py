@@ -1,7 +1,9 @@
-"""Scripted feedback and improvement for word sorting (TriPosT's "expert" for this task).
+"""Scripted feedback and improvement for word sorting (TriPosT's "expert" for this task), and the
+remarks of SAIE's scripted partner.
 
     edit.feedback: script:feedback_scripts/word_sorting.py
     edit.improvement: script:feedback_scripts/word_sorting.py
+    saie.partner: script:feedback_scripts/word_sorting.py
 
 `feedback(example, attempt)` walks the numbered steps of an attempt (format: see the docstring of
 tripost/tasks/word_sorting.py) against the scripted solution and names the FIRST wrong step:
@@ -19,6 +21,13 @@ lists any word order is accepted. An attempt that jumps to a correct final answe
 the step the feedback names and the one this script finds) and continues with the scripted
 solution from there, so the result is always judged correct.
 
+`remark(example, attempt, stance)` (SAIE's partner, in the feedback grammar): "supportive" is the
+feedback above (the first wrong step and why); "adversarial" disputes a correct letter number of a
+verified letters step (picked by a hash of question and attempt) with a plausible wrong one, e.g.
+'... the part "'oven'='o' (15)" is incorrect. This is because "o" is letter number 16 of the
+alphabet, not 15.'; with no letters step verified it says two neighbours of the sorted list come
+the other way round. Wrong on purpose: feedback() rejects the claimed number (tests check it).
+
 `example` is a dict with id, task, question, answer, subtask, seen. Both functions are pure,
 never raise on model garbage (feedback returns None when it cannot judge at all) and run in
 milliseconds. A question the rationale format cannot hold (a word with a quote, a comma, a
@@ -30,13 +39,14 @@ Try it:  python feedback_scripts/word_sorting.py
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter
 
 from tripost import steps
 from tripost.tasks.word_sorting import (ORDINALS, Final, Hence, Letters, NowHave, bracket, letter_at,
                                         letter_value, ordinal, question_words, quote, render_step,
-                                        solve, sort_key, unsupported_word, word_key)
+                                        solve, sort_key, sort_words, unsupported_word, word_key)
 
 _ENTRY_RE = re.compile(r'"([^"]*)"\s*=\s*"([^"]*)"\s*\(\s*(-?\d+)\s*\)')
 _SUBPART_RE = re.compile(r"^Now let's sort this subpart\s*\[(.*?)\]\s*by looking at their\s+(\S+)\s+letters?\s*:(.*)$",
@@ -328,6 +338,64 @@ def improve(example: dict, attempt: str, feedback: str) -> str:
     return steps.render_steps(kept + rest)
 
 
+# ----------------------------------------------------------------------------------------------
+# SAIE's scripted partner
+
+
+def _hash(*parts: str) -> int:
+    """A number fixed by the texts (so a remark does not depend on the run, the worker or the order)."""
+    return int(hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:15], 16)
+
+
+def _letter_entries(verified: list) -> list[tuple[int, str, str, str, int]]:
+    """(index, label, entry text, letter, number) of every correct "word"="c" (n) entry with n > 0
+    in the verified letters steps."""
+    out = []
+    for i, s in enumerate(verified):
+        text = " ".join(s.text.split())
+        if not (text.lower().startswith("the first letter") or _SUBPART_RE.match(text)):
+            continue
+        for m in _ENTRY_RE.finditer(text):
+            c, n = m.group(2).lower(), int(m.group(3))
+            if n > 0 and letter_value(c) == n:
+                out.append((i, s.label, m.group(0), c, n))
+    return out
+
+
+def _adversarial(words: list[str], attempt: str) -> str:
+    i, _, _, _ = first_wrong(words, attempt)
+    numbered = [s for s in steps.parse_steps(attempt) if s.label != "0"]
+    h = _hash(" ".join(words), attempt)
+    entries = _letter_entries(numbered[:i])
+    if entries:
+        j, label, entry, c, n = entries[h % len(entries)]
+        claims = [v for v in (n + 1, n - 1, n + 2, n - 2) if 1 <= v <= 26]
+        claim = claims[(h // len(entries)) % len(claims)]
+        return steps.feedback_wrong(j, label, entry, f'"{c}" is letter number {claim} of the alphabet, not {n}')
+    # No letters step verified: say two neighbours of the sorted list come the other way round.
+    ordered = sort_words(words)
+    pairs = [(a, b) for a, b in zip(ordered, ordered[1:]) if a != b]
+    final = [s for s in numbered if s.label == steps.FINAL]
+    part = _clip(final[0].text) if final else "(missing)"
+    if not pairs:
+        return steps.feedback_wrong(0, steps.FINAL, part, "a word of the list is missing")
+    a, b = pairs[h % len(pairs)]
+    return steps.feedback_wrong(0, steps.FINAL, part, f'"{b}" comes before "{a}"')
+
+
+def remark(example: dict, attempt: str, stance: str) -> str:
+    """SAIE's partner: supportive = the feedback (the first wrong step and why); adversarial = a
+    correct letter number disputed with a plausible wrong one (see the module docstring)."""
+    words = _example_words(example)
+    attempt = str(attempt or "")
+    if stance == "supportive":
+        i, label, part, reason = first_wrong(words, attempt)
+        return steps.feedback_correct(i) if label is None else steps.feedback_wrong(i, label, part, reason)
+    if stance == "adversarial":
+        return _adversarial(words, attempt)
+    raise ValueError(f"unknown stance {stance!r} (supportive or adversarial)")
+
+
 if __name__ == "__main__":
     from tripost.tasks.word_sorting import render
 
@@ -337,3 +405,4 @@ if __name__ == "__main__":
     for text in (good, bad):
         print(text, "\nFeedback:", feedback(ex, text), "\n")
     print("Improved:\n" + improve(ex, bad, feedback(ex, bad)))
+    print("Adversarial remark on the right one:", remark(ex, good, "adversarial"))

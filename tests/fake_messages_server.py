@@ -89,9 +89,24 @@ def tool_use(name: str, data: dict) -> list[dict]:
     return [{"type": "tool_use", "id": "toolu_fake", "name": name, "input": data}]
 
 
+def final_answer(text: str) -> str | None:
+    m = re.search(r"the answer is\s*(.*?)\.?\s*$", text.strip().splitlines()[-1] if text.strip() else "")
+    return m.group(1).strip() if m else None
+
+
+def remark_call(body: dict, attempt: str | None, gold: str | None) -> list[dict]:
+    """`write_remark` (SAIE's partner): judged against gold by the final answer; the stance is
+    sent too (read only when the tool asks for it, i.e. when the model picks the stance)."""
+    right = attempt is not None and gold is not None and final_answer(attempt) == final_answer(gold)
+    remark = ("Step (1) is incorrect: check it again." if right
+              else f"The final response is incorrect: the answer is {final_answer(gold or '') or 'something else'}.")
+    return tool_use("write_remark", {"stance": "adversarial" if right else "supportive", "remark": remark})
+
+
 def gold_rule(golds: dict[str, str]):
     """A rule that judges attempts against known gold rationales (question -> gold attempt): the
-    first step that differs from gold is wrong; the improvement is gold from that step on."""
+    first step that differs from gold is wrong; the improvement is gold from that step on; a
+    remark is adversarial on a right final answer, supportive on a wrong one."""
 
     def rule(body: dict) -> list[dict]:
         text = user_text(body)
@@ -100,6 +115,8 @@ def gold_rule(golds: dict[str, str]):
         name = tool_name(body)
         if name == "write_rationale":
             return tool_use(name, {"rationale": gold or "(Final response) So the answer is unknown."})
+        if name == "write_remark":
+            return remark_call(body, attempt, gold)
         if gold is None or attempt is None:
             return [{"type": "text", "text": "I cannot tell."}]
         gold_steps, att_steps = _steps(gold), _steps(attempt)
@@ -136,6 +153,8 @@ def judge_all_correct(body: dict) -> list[dict]:
         return tool_use(name, {"continuation": "(Final response) So the answer is 0."})
     if name == "write_rationale":
         return tool_use(name, {"rationale": "(1) Nothing to do.\n(Final response) So the answer is 0."})
+    if name == "write_remark":
+        return tool_use(name, {"stance": "adversarial", "remark": "Are you sure?"})
     return [{"type": "text", "text": "ok"}]
 
 

@@ -98,6 +98,9 @@ def rollout_stage(task, gen: GenerationConfig, method: str, method_cfg, chat_tem
                 if isinstance(a, ExpertAnswerer):
                     a.expert.close()
             close_vllm_engines()
+        if counts.get("pending"):  # a partner was unreachable: those questions are not written
+            raise TripostError(f"{counts['pending']} questions not done in {out_path}: a partner was unreachable; "
+                               "rerun to retry them")
     dropped = read_trajectories(outputs["dropped"]) if outputs["dropped"].is_file() else []
     return {"examples": len(examples), "skipped": len(examples) - len(todo), "generated": len(todo),
             "kept": len(done_ids(out_path)), "dropped": len(dropped),

@@ -279,6 +279,31 @@ class MultiagentConfig:
     # Ablation (uses labels, unlike the paper's method): keep the answers that match the gold answer
     # instead of those that match the consensus.
     gold_filter: bool = False
+class SaieConfig:
+    """SAIE's own settings (tripost/methods/saie.py; docs/methods.md, "SAIE")."""
+
+    # The fixed partner who remarks on the learner's answers: "script:PATH.py" (a feedback script
+    # with a `remark(example, attempt, stance)` function), "llm" (the Messages API with the `edit`
+    # section's settings and prompts/<task>/remark_*.j2) or "model:DIR" (a local model, not trained).
+    partner: str = "script:feedback_scripts/multistep_arithmetic.py"
+    # Discussion rounds R after the learner's first answer: a remark, then the learner answers
+    # again (paper: 3); and at test time (null = the same R).
+    discussion_rounds: int = 3
+    test_rounds: int | None = None
+    # Training remarks: "both" (supportive on a wrong answer, adversarial on a right one: the
+    # paper), "supportive" (always supportive) or "adversarial" (always adversarial).
+    stances: str = "both"
+    # The learner's training targets: "own_or_gold" (every round: its own answer when right, else
+    # the gold rationale), "gold" (every round: the gold rationale) or "final_round" (the last
+    # round only, own_or_gold).
+    target: str = "own_or_gold"
+    # Loss weights of the targets: the first answer (round 0) and the answers after a remark.
+    w_first: float = 1.0
+    w_discussion: float = 1.0
+    # Test-time discussions beside the single-pass answer: "partner" (with the partner; the stance
+    # from the oracle for scripted and local-model partners, the LLM's own judgement for "llm") and
+    # "self" (the learner is asked to check its answer and answer again).
+    test_modes: list[str] = field(default_factory=lambda: ["partner", "self"])
 
 
 @dataclass
@@ -321,7 +346,8 @@ class Config:
 
     name: str = "demo"
     runs_dir: str = "runs"
-    # The self-improvement method (tripost/methods/): tripost | multiagent.
+    # The self-improvement method (tripost/methods/): tripost | multiagent | saie (its settings: the
+    # section of its name).
     method: str = "tripost"
     # A Hugging Face model directory; null = build a tiny model (`init_model`) for the demo.
     model: str | None = None
@@ -337,6 +363,7 @@ class Config:
     iterate: IterateConfig = field(default_factory=IterateConfig)
     tripost: TripostConfig = field(default_factory=TripostConfig)
     multiagent: MultiagentConfig = field(default_factory=MultiagentConfig)
+    saie: SaieConfig = field(default_factory=SaieConfig)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -616,7 +643,7 @@ def check_api_config(api_cfg: ApiConfig) -> None:
         need(finite(getattr(api_cfg, key)) and getattr(api_cfg, key) >= 0, key, "must be >= 0")
 
 
-METHOD_NAMES = ("tripost", "multiagent")
+METHOD_NAMES = ("tripost", "multiagent", "saie")
 
 
 def stage_view(section, reads: tuple[str, ...]):
@@ -631,7 +658,33 @@ def method_config(cfg: Config):
         return cfg.tripost
     if cfg.method == "multiagent":
         return cfg.multiagent
+    if cfg.method == "saie":
+        return cfg.saie
     raise TripostError(f"config: unknown method {cfg.method!r} (choose from {', '.join(METHOD_NAMES)})")
+
+
+SAIE_STANCES = ("both", "supportive", "adversarial")
+SAIE_TARGETS = ("own_or_gold", "gold", "final_round")
+SAIE_TEST_MODES = ("partner", "self")
+
+
+def check_saie(sc: SaieConfig, key: str) -> None:
+    """Raise one TripostError naming the key (`saie.<field>`, or an arm's) for a bad SAIE value."""
+
+    def need(ok: bool, field_name: str, why: str) -> None:
+        if not ok:
+            raise TripostError(f"config: '{key}.{field_name}' {why}, got {getattr(sc, field_name)!r}")
+
+    need(sc.partner == "llm" or sc.partner.startswith(("script:", "model:")), "partner",
+         "must be 'llm', 'script:PATH.py' or 'model:DIR'")
+    need(sc.discussion_rounds >= 1, "discussion_rounds", "must be >= 1")
+    need(sc.test_rounds is None or sc.test_rounds >= 1, "test_rounds", "must be >= 1 (or null)")
+    need(sc.stances in SAIE_STANCES, "stances", f"must be one of {', '.join(SAIE_STANCES)}")
+    need(sc.target in SAIE_TARGETS, "target", f"must be one of {', '.join(SAIE_TARGETS)}")
+    need(sc.w_first > 0, "w_first", "must be > 0")
+    need(sc.w_discussion > 0, "w_discussion", "must be > 0")
+    need(all(m in SAIE_TEST_MODES for m in sc.test_modes) and len(set(sc.test_modes)) == len(sc.test_modes),
+         "test_modes", f"must list distinct modes out of {', '.join(SAIE_TEST_MODES)}")
 
 
 def validate(cfg: Config) -> None:
@@ -649,14 +702,16 @@ def validate(cfg: Config) -> None:
     need(t.collect_max_calls >= 1, "tripost.collect_max_calls", "must be >= 1")
     need(t.evaluate_max_calls >= 1, "tripost.evaluate_max_calls", "must be >= 1")
     check_multiagent(cfg.multiagent, "multiagent")
-    if cfg.method == "multiagent":
-        for name, overrides in cfg.iterate.arms.items():
-            try:
-                arm = with_changes(cfg.multiagent, **overrides)
-            except TypeError as e:
-                raise TripostError(f"config: iterate.arms.{name}: {e} (keys are fields of the 'multiagent' "
-                                   "section)") from None
-            check_multiagent(arm, f"iterate.arms.{name}")
+    check_saie(cfg.saie, "saie")
+    check_section = {"multiagent": check_multiagent, "saie": check_saie}.get(cfg.method)
+    for name, overrides in cfg.iterate.arms.items():  # each arm is the method's section, changed
+        try:
+            arm = with_changes(method_config(cfg), **overrides)
+        except TypeError as e:
+            raise TripostError(f"config: iterate.arms.{name}: {e} (keys are fields of the '{cfg.method}' "
+                               "section)") from None
+        if check_section:
+            check_section(arm, f"iterate.arms.{name}")
     tc = cfg.train
     need(tc.normalizer in ("mask", "weight"), "train.normalizer", "must be 'mask' or 'weight'")
     need(tc.lr_schedule in ("cosine", "linear", "constant"), "train.lr_schedule",

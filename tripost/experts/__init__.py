@@ -11,6 +11,7 @@ round trip (a worker pipe, or a pool of concurrent API calls):
     expert = make_expert("script:my_feedback.py", cfg.edit, task, out_dir)
     replies = expert.feedback_many([(example, attempt), ...])          # -> [Reply]
     replies = expert.improve_many([(example, attempt, feedback), ...])  # -> [Reply] (full new attempts)
+    replies = expert.remark_many([(example, attempt, stance), ...])     # -> [Reply] (a partner's remark, SAIE)
     expert.close()
 
 A `Reply` holds either the text or an error: a short drop reason such as "script_timeout", which
@@ -27,10 +28,12 @@ seconds. What can go wrong, and the drop reason it becomes:
     it exits or kills the process       script_crashed        (worker replaced)
     it returns something not a str      script_bad_return
     feedback() returns None             script_no_feedback
+    remark() returns None               script_no_remark
 
 Protocol between parent and worker (one JSON object per line, in both directions): the worker
-first sends {"feedback": bool, "improve": bool} (or {"error": ...} if the file would not load);
-then for each request line {"kind": "feedback"|"improve", "requests": [[args...], ...]} it answers
+first sends {"feedback": bool, "improve": bool, "remark": bool} (which functions the script
+defines; or {"error": ...} if the file would not load); then for each request line
+{"kind": "feedback"|"improve"|"remark", "requests": [[args...], ...]} it answers
 one line per request, in order, as soon as each is done. Answers arriving one by one is what lets
 the parent tell which request hung or crashed: the first one without an answer. The rest of that
 chunk is resent to the replacement worker.
@@ -74,7 +77,7 @@ def make_expert(spec: str, edit_cfg, task=None, out_dir=None, role: str = "feedb
     """The expert a spec names. `role` ("feedback", "improvement", "both", "judge", "partner",
     "rationale") says which functions a script must define (ROLE_FUNCTIONS). `edit_cfg` is the
     `edit` config section."""
-    key = "edit.improvement" if role == "improvement" else "edit.feedback"
+    key = {"improvement": "edit.improvement", "partner": "partner"}.get(role, "edit.feedback")
     if spec == "llm":
         from tripost.experts.llm import LlmExpert  # imported only when used: it pulls in the API client
 

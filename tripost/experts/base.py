@@ -21,7 +21,11 @@ class Reply:
     verdict on the request: what the model or the script answered (no tool call, unparseable
     feedback, a wrong rationale, script_error, script_bad_return, ...), a 4xx other than
     408/429, and a script worker that crashed, ran out of memory or timed out *on* this request
-    (the same input would do it again)."""
+    (the same input would do it again).
+
+    `stance`: a remark's stance as the expert took it ("supportive" | "adversarial"), set by an
+    expert that decides it itself (an LLM asked with stance "auto" at test time); "" = the stance
+    it was asked for."""
 
     text: str | None = None
     error: str | None = None
@@ -30,10 +34,11 @@ class Reply:
     truncated: bool = False
     author: str = ""
     value: object = None  # a script function's return value, when it is not text (task files)
+    stance: str = ""
 
 
 class Expert:
-    """Base class: feedback and improvement for batches of requests.
+    """Base class: feedback, improvement and remarks for batches of requests.
 
     `name` is the author of what it writes ("script:<file>", "llm:<model>"); `provenance`
     (script hash, template hashes, model...) goes into the edit stage's summary.
@@ -60,6 +65,13 @@ class Expert:
 
     def cannot(self, kind: str) -> TripostError:
         return TripostError(f"expert {self.name} cannot answer a {kind!r} request")
+
+    def remark_many(self, requests: list[tuple]) -> list[Reply]:
+        """requests: [(example, attempt, stance)] -> one Reply per request, text = a partner's remark
+        on the attempt (SAIE). stance: "supportive" (point at the problem and help), "adversarial"
+        (challenge it with a plausible but wrong counter-argument) or "auto" (the expert judges the
+        attempt without the gold answer and picks the stance; it says which in Reply.stance)."""
+        raise NotImplementedError
 
     def close(self) -> None:
         pass

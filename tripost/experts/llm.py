@@ -4,6 +4,7 @@
     expert.feedback_many([(example, attempt), ...])   # -> [Reply(text=canonical feedback | None, error)]
     expert.improve_many([(example, attempt, feedback), ...])   # -> [Reply(text=full improved attempt)]
     expert.rationale_many([example, ...])             # -> [Reply(text=step-by-step rationale)]
+    expert.remark_many([(example, attempt, stance), ...])   # -> [Reply(text=a partner's remark, SAIE)]
     expert.close()                                    # prints the token/cost summary
 
 The model never writes the final text directly; it fills in a tool call, and this module checks
@@ -20,6 +21,11 @@ it and writes the text in the project's own grammar:
   * Rationale (tasks without a scripted gold rationale): tool `write_rationale` {rationale}; it
     must be well-formed and reach the gold answer, else "llm_unparsable_rationale" /
     "llm_wrong_rationale".
+  * Remark (SAIE's partner): tool `write_remark` {stance, remark}, templates
+    `remark_supportive.j2` / `remark_adversarial.j2` (the stance is given; the gold answer is in the
+    prompt) and `remark_auto.j2` (test time: no gold answer; the model judges the attempt and says
+    which stance it took, returned in Reply.stance). The remark is one line of at most
+    MAX_REMARK_CHARS characters (whitespace collapsed), else "llm_unparsable_remark".
 
 Prompts are Jinja templates in prompts/<task>/ (see tripost/templates.py); API calls, retries,
 caching and costs are tripost/api.py's job.
@@ -87,6 +93,35 @@ RATIONALE_TOOL = {
         "required": ["rationale"],
     },
 }
+
+
+REMARK_STANCES = ("supportive", "adversarial")
+MAX_REMARK_CHARS = 1000
+
+
+def remark_tool(auto: bool) -> dict:
+    """`write_remark`: the remark, and (with `auto`, when the model picks the stance) the stance."""
+    props = {"stance": {"type": "string", "enum": list(REMARK_STANCES),
+                        "description": "supportive if the attempt is wrong (you point at the problem and help), "
+                                       "adversarial if it is right (you challenge it)"},
+             "remark": {"type": "string", "description": "your remark to the student, one or two sentences"}}
+    return {"name": "write_remark",
+            "description": "Write your remark on the student's attempt" + (" and your stance." if auto else "."),
+            "input_schema": {"type": "object", "properties": props if auto else {"remark": props["remark"]},
+                             "required": ["stance", "remark"] if auto else ["remark"]}}
+
+
+def remark_from_tool(data: dict | None, auto: bool) -> tuple[str, str] | None:
+    """(remark as one line, stance or "") from a `write_remark` call, or None when it is malformed."""
+    if not isinstance(data, dict) or not isinstance(data.get("remark"), str):
+        return None
+    text = _one_line(data["remark"])
+    if not text or len(text) > MAX_REMARK_CHARS:
+        return None
+    if not auto:
+        return text, ""
+    stance = data.get("stance")
+    return (text, stance) if stance in REMARK_STANCES else None
 
 
 def _show(data) -> str:
@@ -187,6 +222,7 @@ class LlmExpert(Expert):
         self.name = f"llm:{edit_cfg.api.model}"
         self.templates = PromptTemplates(prompts_dir_for(edit_cfg, task.name), task.name)
         # Load what exists now, so provenance names every template and a syntax error shows at once.
+        # (The remark templates load when first used: only SAIE's partner needs them.)
         for name in ("feedback", "improvement", "rationale"):
             if self.templates.path(name).is_file():
                 self.templates.load(name)
@@ -259,6 +295,30 @@ class LlmExpert(Expert):
                 out.append(Reply(None, "llm_wrong_rationale"))
             else:
                 out.append(Reply(steps.render_steps(parsed), None))
+        return out
+
+    def remark_many(self, requests: list[tuple[Example, str, str]]) -> list[Reply]:
+        """One remark per (example, attempt, stance): stance "supportive" / "adversarial" renders
+        remark_<stance>.j2 with the gold answer; "auto" renders remark_auto.j2 without it."""
+        bad = [r[2] for r in requests if r[2] not in ("supportive", "adversarial", "auto")]
+        if bad:
+            raise ValueError(f"unknown remark stance {bad[0]!r}")
+        api_requests = []
+        for ex, attempt, stance in requests:  # one pool of concurrent calls for all stances
+            auto = stance == "auto"
+            item = {"question": ex.question, "attempt": attempt.strip()} | ({} if auto else {"answer": ex.answer})
+            system, user = self.templates.render(f"remark_{stance}", **item)
+            tool = remark_tool(auto)
+            api_requests.append(ApiRequest(system=system, user=user, tools=[tool], tool_choice=_force(tool)))
+        out = []
+        for (_, _, stance), r in zip(requests, self.client.run_requests(api_requests, desc="llm remark")):
+            if r.error:
+                out.append(Reply(None, r.error, r.detail, transient=r.transient))
+                continue
+            got = tool_input(r.response, "write_remark")
+            parsed = remark_from_tool(got, stance == "auto")
+            out.append(Reply(parsed[0], None, stance=parsed[1]) if parsed else
+                       Reply(None, "llm_unparsable_remark", _show(got)))
         return out
 
     def close(self) -> None:

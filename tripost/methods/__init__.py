@@ -5,6 +5,8 @@ contract is in docs/methods.md); `get_method(name)` picks the module by a plain 
                 an expert edits them into improvement trajectories
     multiagent  multi-agent finetuning (Subramaniam et al., 2025): generator and critic agents
                 debate, each trains on its own answers that agree with the consensus
+    saie        SAIE (Loem et al., 2023): a learner trained through discussions with a fixed partner
+                whose remarks are supportive (wrong answers) or adversarial (right ones)
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ def get_method(name: str) -> ModuleType:
         from tripost.methods import tripost as method
     elif name == "multiagent":
         from tripost.methods import multiagent as method
+    elif name == "saie":
+        from tripost.methods import saie as method
     else:
         raise TripostError(f"config: unknown method {name!r} (choose from {', '.join(METHOD_NAMES)})")
     return method

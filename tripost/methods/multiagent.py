@@ -72,6 +72,11 @@ from tripost.records import Example, Message, Segment, TrainingExample, Trajecto
 
 NAME = "multiagent"
 STAGES = ("collect", "process", "train", "evaluate")
+# Which keys of the `multiagent:` section each stage reads (it is given and fingerprinted on only
+# these): the debate's shape and the consensus in the rollouts, everything in process.
+_DEBATE = ("agents", "samples", "debate_rounds", "max_others", "summarize", "tie_break", "gold_filter")
+READS = {"collect": _DEBATE, "evaluate": _DEBATE,
+         "process": _DEBATE + ("dplus_ratio", "w_revised", "w_first", "w_wrong", "w_others")}
 
 OTHERS_HEADER = "\nOther agents' answers:"
 OTHER_PREFIX = "\nOne agent: "
