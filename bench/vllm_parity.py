@@ -8,19 +8,19 @@ Runs inside the vLLM venv (docs/vllm_notes.md), from the repository root:
         --questions 4 --max-new-tokens 64
 
 Prompts are multistep_arithmetic training questions (`--questions`, default 64) as tripost writes
-them ("Q: ...\\nA: ", trailing space cut as rollout.generate_batch cuts it), or with `--chat` wrapped
+them ("Q: ...\\nA: ", trailing space cut as engine.generate_batch cuts it), or with `--chat` wrapped
 in the tokenizer's chat template (for an instruct model such as SmolLM2). Every prompt is tokenized
 once by the model's Hugging Face tokenizer; both engines get the same ids (vLLM as TokensPrompt,
 so it adds no BOS of its own).
 
   * Reference: `model.generate`, greedy, one prompt at a time (no padding), float32.
-  * Hugging Face batched: tripost's own path, `rollout.generate_batch` on all prompts in batches
+  * Hugging Face batched: tripost's own path, `engine.generate_batch` on all prompts in batches
     of --batch-size (left padding; LlamaDecoder for a small Llama), timed.
   * vLLM: all prompts in one `LLM.generate` call (its scheduler batches them), greedy, float32.
 
 Prints the share of prompts whose new tokens are identical to the reference, the mean length of
 the common prefix where they differ, and tokens/s of each path. It also checks that
-`VllmEngine.generate` (texts and truncation flags) equals `rollout.generate_batch`'s, and that
+`VllmEngine.generate` (texts and truncation flags) equals `engine.generate_batch`'s, and that
 sampling with per-request seeds gives a request the same text in a different batch. `--lora` (needs
 `pip install peft`) builds the engine with LoRA enabled, makes a random rank-8 adapter on every
 projection and sends every other request with it: those must equal HF greedy with the adapter merged
@@ -33,8 +33,8 @@ trained one writes realistic text; make it in the main env (README):
     tripost init-model --task multistep_arithmetic --out models/tiny64 task.max_train=400 \\
         init_model.hidden_size=128 init_model.num_attention_heads=2 init_model.num_key_value_heads=2 \\
         init_model.num_hidden_layers=2 init_model.vocab_size=384
-    tripost process --gold-only --tokenizer models/tiny64 --out models/tiny64_gold task.max_train=400
-    tripost train --examples models/tiny64_gold/examples.jsonl --model models/tiny64 --out models/tiny64_train \\
+    tripost process --rationales --tokenizer models/tiny64 --out models/tiny64_gold task.max_train=400
+    tripost train --examples models/tiny64_gold/base.jsonl --model models/tiny64 --out models/tiny64_train \\
         train.epochs=3 train.learning_rate=0.003 train.micro_batch_size=8 train.max_length=768
 """
 
@@ -122,7 +122,7 @@ def main() -> None:
 
     from tripost import steps
     from tripost.config import GenerationConfig, load_config
-    from tripost.rollout import generate_batch
+    from tripost.engine import generate_batch
     from tripost.tasks import get_task
     from tripost.vllm_engine import VllmEngine
 
@@ -202,7 +202,7 @@ def main() -> None:
     if differ:
         print(f"  where they differ: common prefix {sum(c for c, _ in differ) / len(differ):.1f} tokens on average "
               f"(of {sum(n for _, n in differ) / len(differ):.1f}); first {differ[:8]}")
-    print(f"VllmEngine.generate == rollout.generate_batch (text, truncated): {same_text}/{len(prompts)}")
+    print(f"VllmEngine.generate == engine.generate_batch (text, truncated): {same_text}/{len(prompts)}")
     print(f"sampling (top_p 0.9, per-request seeds): {same_sampled}/{len(resampled)} requests sampled the same "
           f"text in a different batch")
     if args.lora:

@@ -5,7 +5,7 @@
     tripost collect  --model DIR --out attempts.jsonl
     tripost edit     --attempts attempts.jsonl --out edit/
     tripost process  --trajectories edit/trajectories.jsonl --tokenizer DIR --out process/
-    tripost train    --examples process/examples.jsonl --model DIR --out model/
+    tripost train    --examples process/learner.jsonl --model DIR --out model/
     tripost evaluate --model DIR --out eval/
     tripost inspect  FILE.jsonl [--id ID] [--tokens]
     tripost report   runs/demo

@@ -89,6 +89,13 @@ class InitModelConfig:
     num_key_value_heads: int = 4
     max_position_embeddings: int = 1024
     seed: int = 0
+    # "numbers": every integer from -max_number to max_number is one token (larger ones are spelled
+    # digit by digit) and the text between numbers is cut into phrases; "numbers_words": the same
+    # number tokens, text cut into words; "digits": numbers spelled one digit per token, text cut
+    # into words. vocab_size is the byte-level BPE part; number tokens come on top of it.
+    # See tripost/model_init.py and docs/warmup.md.
+    tokenizer: str = "digits"
+    max_number: int = 299
 
 
 @dataclass
@@ -279,6 +286,9 @@ class MultiagentConfig:
     # Ablation (uses labels, unlike the paper's method): keep the answers that match the gold answer
     # instead of those that match the consensus.
     gold_filter: bool = False
+
+
+@dataclass
 class SaieConfig:
     """SAIE's own settings (tripost/methods/saie.py; docs/methods.md, "SAIE")."""
 
@@ -712,6 +722,9 @@ def validate(cfg: Config) -> None:
                                "section)") from None
         if check_section:
             check_section(arm, f"iterate.arms.{name}")
+    need(cfg.init_model.tokenizer in ("numbers", "numbers_words", "digits"), "init_model.tokenizer",
+         f"must be numbers, numbers_words or digits, got {cfg.init_model.tokenizer!r}")
+    need(cfg.init_model.max_number >= 0, "init_model.max_number", "must be >= 0")
     tc = cfg.train
     need(tc.normalizer in ("mask", "weight"), "train.normalizer", "must be 'mask' or 'weight'")
     need(tc.lr_schedule in ("cosine", "linear", "constant"), "train.lr_schedule",

@@ -389,7 +389,9 @@ def base_key(base_stages: list[Stage], given_model: Path | None) -> str:
     for name in BASE_CODE:
         for f in sorted((root / name).rglob("*.py")) if (root / name).is_dir() else [root / name]:
             code[str(f.relative_to(root))] = io.sha256_file(f)
+    scripts = {str(p): io.sha256_file(p) for s in base_stages for p in s.scripts}  # e.g. a rationale() script
     return io.sha256_json({"stages": {s.id: {k: config_view(v) for k, v in s.config.items()} for s in base_stages},
+                           "scripts": scripts,
                            "given_model": io.sha256_path(given_model) if given_model is not None else None,
                            "code": code, "version": tripost.__version__})[:16]
 

@@ -1,6 +1,6 @@
 """Weighted SFT of a causal LM on TriPosT examples, run by DeepSpeed. See docs/training.md.
 
-    tripost train --examples process/examples.jsonl --model models/tiny --out train/      # one process
+    tripost train --examples process/learner.jsonl --model models/tiny --out train/      # one process
     deepspeed --num_gpus 4 --module tripost train --examples ... --model ... --out ... \\
         train.deepspeed_config=configs/deepspeed/zero2.json                              # multi-GPU
 

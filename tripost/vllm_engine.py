@@ -1,4 +1,4 @@
-"""Generation with vLLM (offline `LLM.generate`), as a drop-in for `rollout.generate_batch`.
+"""Generation with vLLM (offline `LLM.generate`), as a drop-in for `engine.generate_batch`.
 
 vLLM is not a tripost dependency: it pins its own transformers and torch, so it lives in a
 separate virtual environment (docs/vllm_notes.md has the install commands and caveats). This
@@ -14,7 +14,7 @@ module imports vllm only when an engine is built, so importing it costs nothing 
         for text, truncated in engine.generate(["Q: (1 + 2) =\\nA: "], max_new_tokens=64):
             print(text, truncated)
 
-`generate` returns what `rollout.generate_batch` returns, per prompt: the new text and whether it
+`generate` returns what `engine.generate_batch` returns, per prompt: the new text and whether it
 stopped at max_new_tokens (vLLM's finish_reason "length") rather than at EOS. Prompts are prepared
 the same way too: a trailing space is cut off the prompt (the model writes it as part of its next
 token) and removed from the output again, and the prompt is tokenized by the model's own Hugging
@@ -81,7 +81,7 @@ class VllmEngine:
             raise TripostError(f"{len(seeds)} seeds for {len(prompts)} prompts")
         if lora_dirs is not None and len(lora_dirs) != len(prompts):
             raise TripostError(f"{len(lora_dirs)} lora_dirs for {len(prompts)} prompts")
-        trimmed = [p.rstrip(" ") for p in prompts]  # as rollout.generate_batch does, see there
+        trimmed = [p.rstrip(" ") for p in prompts]  # as engine.generate_batch does, see there
         ids = self.tokenizer(trimmed, add_special_tokens=add_special_tokens)["input_ids"]
         requests = [TokensPrompt(prompt_token_ids=row) for row in ids]
         params = []

@@ -352,8 +352,8 @@ def _call(fn, kind: str, args: list, path: str) -> dict:
     except Exception as e:  # noqa: BLE001 - any failure of user code is a drop reason, not a crash
         return {"error": "script_error", "detail": _describe(e, path)}
     returns = FUNCTIONS[kind]
-    if out is None and kind == "feedback":
-        return {"error": "script_no_feedback"}
+    if out is None and kind in ("feedback", "remark"):
+        return {"error": f"script_no_{kind}"}
     if out is None and returns == "text?":
         return {"value": None}
     wanted = {"text": str, "text?": str, "bool": bool, "examples": list}[returns]

@@ -308,6 +308,11 @@ def examples(trajs: list[Trajectory], gold: list[tuple[Example, str]], mc: SaieC
     return out
 
 
+def drop_reasons(trajs: list[Trajectory], mc: SaieConfig) -> dict[str, dict[str, int]]:
+    """Every kept discussion gives the learner examples (its own answer or the gold one): nothing to count."""
+    return {}
+
+
 def select(model: str, examples: list[TrainingExample], mc: SaieConfig,
            seed: int) -> tuple[list[TrainingExample], dict]:
     """SAIE trains on every round's example; nothing is rebalanced."""
