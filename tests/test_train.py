@@ -308,3 +308,18 @@ def test_kill_resume_matches_uninterrupted(tmp_path, examples_file, tiny_model_d
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_full_logits_loss_trains_like_the_chunked_one(tmp_path, examples_file, tiny_model_dir, tiny_cfg):
+    """train.loss_chunk=null (the full vocabulary logits at once) is the same loss as the chunked
+    default: the same weights after a few steps."""
+    base = ["train.packing=false", "train.micro_batch_size=2", "train.max_steps=4", "train.learning_rate=0.003",
+            f"task.name={tiny_cfg.task.name}", "train.launcher=subprocess"]
+    full = train.train(load_config(None, base + ["train.loss_chunk=null"]).train, examples_file, tiny_model_dir,
+                       tmp_path / "full")
+    chunked = train.train(load_config(None, base + ["train.loss_chunk=16"]).train, examples_file, tiny_model_dir,
+                          tmp_path / "chunked")
+    assert full["steps"] == chunked["steps"] == 4
+    a, b = _weights(tmp_path / "full/model"), _weights(tmp_path / "chunked/model")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)

@@ -621,7 +621,7 @@ def run_training(tc: TrainConfig, examples_path, model_dir, out_dir) -> dict:
             if mb:
                 totals["slots"] += batch["input_ids"].numel()  # tokens + padding actually computed
             batch = {k: v.to(device) for k, v in batch.items()}
-            wsum = weighted_loss_sum(engine, batch) if chunk is None else chunked_loss_sum(engine.module, batch, chunk)
+            wsum = weighted_loss_sum(engine.module, batch) if chunk is None else chunked_loss_sum(engine.module, batch, chunk)
             engine.backward(wsum * scale)
             engine.step()
             local_sum += wsum.detach()
