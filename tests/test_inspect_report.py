@@ -131,6 +131,37 @@ def test_report_has_plots_and_escaped_trajectories(run_dir, tmp_path, capsys):
     assert "<script>" not in page and "&lt;b&gt;bold?&lt;/b&gt;" in page
     assert "Sample trajectories" in page and "learner attempt by model:learner" in page
     assert "baseline" in page and "<table>" in page
+    # Every accuracy with its 95% interval, each arm against the baseline of its round (paired).
+    assert "acc (all) [95% CI]" in page and "vs baseline (paired)" in page
+    summary = json.loads((copy / "summary.json").read_text())
+    tripost_row = next(r for r in summary["rows"] if r["round"] == 1 and r["arm"] == "tripost")
+    lo, hi = tripost_row["accuracy_ci"]
+    assert f"[{100 * lo:.1f}, {100 * hi:.1f}]" in page
+    d = tripost_row["vs_baseline"]
+    assert f"{100 * d['difference']:+.1f} [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}]" in page
     # Default location: inside the run directory.
     code, stdout, _ = run_cli(capsys, "report", str(copy))
     assert code == 0 and (copy / "report.html").is_file()
+
+
+def test_accuracy_plot_has_error_bars(monkeypatch):
+    """The accuracy plot draws each point's 95% interval (Wilson) as an error bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.axes import Axes
+
+    from tripost.tools.report import plot_metric_lines
+
+    bars = []
+    original = Axes.errorbar
+    monkeypatch.setattr(Axes, "errorbar", lambda self, x, y, **kw: bars.append((list(x), list(y), kw["yerr"]))
+                        or original(self, x, y, **kw))
+    rows = [{"round": 0, "arm": "warm-up", "accuracy_seen": 0.2, "accuracy_seen_ci": [0.1, 0.3]},
+            {"round": 1, "arm": "tripost", "accuracy_seen": 0.4, "accuracy_seen_ci": [0.3, 0.55]},
+            {"round": 1, "arm": "baseline", "accuracy_seen": 0.3, "accuracy_seen_ci": [0.2, 0.4]}]
+    assert plot_metric_lines(rows, [("accuracy_seen", "seen")], "t") is not None
+    assert len(bars) == 2
+    xs, ys, (low, high) = bars[0]
+    assert xs == [0, 1] and ys == [20.0, 40.0]
+    assert [round(v, 6) for v in low] == [10.0, 10.0] and [round(v, 6) for v in high] == [10.0, 15.0]

@@ -324,6 +324,9 @@ class IterateConfig:
     # Warm up the initial model on gold rationales ("ft rationale") before round 1.
     warmup: bool = True
     warmup_epochs: float = 3.0
+    # train.* settings that differ for the warm-up, e.g. {micro_batch_size: 16, learning_rate: 0.005}:
+    # the warm-up trains on thousands of questions, a round on a few hundred.
+    warmup_train: dict = field(default_factory=dict)
     # Train questions the warm-up sees (generated tasks can make more than the rounds' pool,
     # task.max_train); the run's test questions are always left out. null = the rounds' pool.
     warmup_questions: int | None = None
@@ -774,6 +777,8 @@ def validate(cfg: Config) -> None:
     need(cfg.init_model.vocab_size > 259, "init_model.vocab_size",
          "must be > 259 (the 256 byte tokens and the special tokens come first)")
     need(cfg.iterate.warmup_epochs > 0, "iterate.warmup_epochs", "must be > 0")
+    unknown = sorted(set(cfg.iterate.warmup_train) - {f.name for f in dataclasses.fields(TrainConfig)})
+    need(not unknown, "iterate.warmup_train", f"has keys that are not train.* settings: {', '.join(unknown)}")
     need(cfg.iterate.warmup_questions is None or cfg.iterate.warmup_questions >= 1, "iterate.warmup_questions",
          "must be >= 1 (or null)")
     need(len(set(cfg.iterate.seeds)) == len(cfg.iterate.seeds), "iterate.seeds", "must not repeat a seed")

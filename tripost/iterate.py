@@ -292,7 +292,7 @@ def plan(cfg: Config, run_dir: Path) -> list[Stage]:
         wp = add_base("warmup_process", _rationale_process,
                       {"task": pool, "process": cfg.process, "chat_template": cfg.chat_template,
                        "model_name": "base", **rationales, **held_out}, {"tokenizer": base}, scripts=rationale_scripts)
-        warm = with_changes(cfg.train, epochs=it.warmup_epochs)
+        warm = with_changes(cfg.train, **{"epochs": it.warmup_epochs, **it.warmup_train})
         base = Later(add_base("warmup_train", _train, {"train": warm},
                               {"examples": examples_file(wp, "base"), "model": base}))
     if it.base_cache is not None and base_stages:

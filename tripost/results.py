@@ -152,11 +152,11 @@ def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
-def _ci(v, ci) -> str:
+def format_ci(v, ci) -> str:
     return "-" if v is None or ci is None else format_interval(v, *ci)
 
 
-def _vs(p: dict | None) -> str:
+def format_vs(p: dict | None) -> str:
     if not p:
         return "-"
     return f"{100 * p['difference']:+.1f} [{100 * p['ci_low']:+.1f}, {100 * p['ci_high']:+.1f}] {format_p(p['p_value'])}"
@@ -177,10 +177,10 @@ def format_table(summary: dict, labels: dict | None = None) -> str:
     rows = summary["rows"]
     acc = _grid(["round", "arm", "n", "accuracy [95% CI]", "seen", "unseen", "vs baseline (paired) all",
                  "seen", "unseen"],
-                [[str(r["round"]), r["arm"], str(r.get("n", "-")), _ci(r.get("accuracy"), r.get("accuracy_ci")),
-                  _ci(r.get("accuracy_seen"), r.get("accuracy_seen_ci")),
-                  _ci(r.get("accuracy_unseen"), r.get("accuracy_unseen_ci")),
-                  _vs(r.get("vs_baseline")), _vs(r.get("vs_baseline_seen")), _vs(r.get("vs_baseline_unseen"))]
+                [[str(r["round"]), r["arm"], str(r.get("n", "-")), format_ci(r.get("accuracy"), r.get("accuracy_ci")),
+                  format_ci(r.get("accuracy_seen"), r.get("accuracy_seen_ci")),
+                  format_ci(r.get("accuracy_unseen"), r.get("accuracy_unseen_ci")),
+                  format_vs(r.get("vs_baseline")), format_vs(r.get("vs_baseline_seen")), format_vs(r.get("vs_baseline_unseen"))]
                  for r in rows])
     method_keys = list(dict.fromkeys(k for r in rows for k in (r.get("method_metrics") or {})))
     labels = labels or {}

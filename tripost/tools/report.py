@@ -26,6 +26,7 @@ from pathlib import Path
 from tripost.errors import TripostError
 from tripost.io import jsonl_objects, read_json
 from tripost.records import Trajectory, read_trajectories
+from tripost.results import format_ci, format_vs
 from tripost.runner import read_manifest
 
 KIND_COLOURS = {"improvement": "#4c72b0", "terminal": "#55a868", "gold": "#c44e52"}
@@ -106,11 +107,15 @@ def plot_metric_lines(rows: list[dict], metrics: list[tuple[str, str]], title: s
     for (key, label), colour in zip(metrics, ("#4c72b0", "#dd8452", "#55a868", "#c44e52")):
         arms = list(dict.fromkeys(r["arm"] for r in rows if r["round"] > 0))
         for arm, style in zip(arms, ("-o", "--s", ":^", "-.v")):
-            pts = [(r["round"], r[key]) for r in rows
-                   if r.get(key) is not None and (r["arm"] == arm or r["round"] == 0)]
+            pts = sorted((r["round"], r[key], r.get(f"{key}_ci")) for r in rows
+                         if r.get(key) is not None and (r["arm"] == arm or r["round"] == 0))
             if pts:
-                xs, ys = zip(*sorted(pts))
+                xs, ys, cis = zip(*pts)
                 ax.plot(xs, [100 * y for y in ys], style, color=colour, label=f"{label} ({arm})")
+                if all(ci is not None for ci in cis):  # 95% Wilson intervals as error bars
+                    ax.errorbar(xs, [100 * y for y in ys], fmt="none", ecolor=colour, alpha=0.6, capsize=3,
+                                yerr=[[100 * (y - lo) for y, (lo, _) in zip(ys, cis)],
+                                      [100 * (hi - y) for y, (_, hi) in zip(ys, cis)]])
                 drew = True
     if not drew:
         plt.close(fig)
@@ -227,14 +232,17 @@ def summary_table(summary: dict, labels: dict | None = None) -> str:
     and cost."""
     labels = labels or {}
     method_keys = list(dict.fromkeys(k for r in summary["rows"] for k in (r.get("method_metrics") or {})))
-    head = ["round", "arm", "acc (all)", "acc seen", "acc unseen", "first acc"] + \
+    head = ["round", "arm", "n", "acc (all) [95% CI]", "acc seen", "acc unseen", "vs baseline (paired)",
+            "first acc", "truncated"] + \
         [html.escape(labels.get(k, k)) for k in method_keys] + ["kept", "dropped", "drops by reason", "tokens seen",
                                                                 "wall s"]
     rows = []
     for r in summary["rows"]:
         reasons = ", ".join(f"{k}={v}" for k, v in sorted((r.get("drop_reasons") or {}).items())) or "–"
-        cells = [r["round"], r["arm"], _pct(r.get("accuracy")), _pct(r.get("accuracy_seen")),
-                 _pct(r.get("accuracy_unseen")), _pct(r.get("first_accuracy"))] + \
+        cells = [r["round"], r["arm"], r.get("n", "–"), format_ci(r.get("accuracy"), r.get("accuracy_ci")),
+                 format_ci(r.get("accuracy_seen"), r.get("accuracy_seen_ci")),
+                 format_ci(r.get("accuracy_unseen"), r.get("accuracy_unseen_ci")), format_vs(r.get("vs_baseline")),
+                 _pct(r.get("first_accuracy")), _pct(r.get("truncated"))] + \
             [_pct((r.get("method_metrics") or {}).get(k)) for k in method_keys] + [
                  r.get("kept", "–") if r.get("kept") is not None else "–",
                  r.get("dropped", "–") if r.get("dropped") is not None else "–",
