@@ -5,7 +5,7 @@
     python bench/warmup.py --list
 
 Each run is the real thing: `tripost iterate --config configs/demo.yaml iterate.rounds=0` with the
-setting's overrides, in a fresh run directory (no base cache): init_model (tokenizer and tiny
+setting's overrides (train.* overrides are the warm-up's: iterate.warmup_train is emptied), in a fresh run directory (no base cache): init_model (tokenizer and tiny
 Llama), warmup_process (gold rationales of `iterate.warmup_questions` generated questions, the
 run's test questions held out), warmup_train, and round_0/evaluate on the demo's test set (400
 seen + 400 unseen questions). One table row per run, appended to <out>/results.jsonl: the
@@ -46,6 +46,8 @@ SETTINGS = {
     "numbers-h96": [*NUMBERS, *shape(96, 2, 3)],
     "numbers-h128": [*NUMBERS, *shape(128, 2, 4)],
     "numbers-h128-l4": [*NUMBERS, *shape(128, 4, 4)],
+    "numbers-h64-l4": [*NUMBERS, *shape(64, 4, 2)],
+    "numbers-h96-l3": [*NUMBERS, *shape(96, 3, 3)],
     "numbers-h64-lr1e-2": [*NUMBERS, *shape(64, 2, 2), "train.learning_rate=0.01"],
     "numbers-h64-mb16": [*NUMBERS, *shape(64, 2, 2), "train.micro_batch_size=16"],
 }
@@ -58,6 +60,7 @@ def run(name: str, overrides: list[str], questions: int, epochs: float, work: Pa
     cmd = [sys.executable, "-m", "tripost", "iterate", "--config", str(ROOT / "configs/demo.yaml"),
            "--name", "run", f"runs_dir={d}", "iterate.rounds=0", "iterate.baseline=false",
            "iterate.base_cache=null", f"iterate.warmup_questions={questions}", f"iterate.warmup_epochs={epochs}",
+           "iterate.warmup_train={}",  # the train.* overrides below are the warm-up's
            f"train.threads={threads}", *overrides]
     load, t0 = os.getloadavg()[0], time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, NO_COLOR="1"))
@@ -76,7 +79,8 @@ def run(name: str, overrides: list[str], questions: int, epochs: float, work: Pa
     params = mc.vocab_size * mc.hidden_size * (1 if mc.tie_word_embeddings else 2) + mc.num_hidden_layers * (
         4 * mc.hidden_size ** 2 + 3 * mc.hidden_size * mc.intermediate_size)
     n = metrics["n"]
-    return {"setting": name, "overrides": overrides, "questions": questions, "epochs": epochs,
+    step1 = partition_ok(r0 / "evaluate/predictions.jsonl")
+    return {"partition_ok": step1, "setting": name, "overrides": overrides, "questions": questions, "epochs": epochs,
             "params_approx": params, "vocab": mc.vocab_size, "tokens_seen": stats["tokens_seen"],
             "tokens_per_s": stats["tokens_per_s"], "train_s": stats["wall_s"],
             "build_s": seconds["init_model"] + seconds["warmup_process"] + seconds["warmup_train"],
@@ -88,9 +92,21 @@ def run(name: str, overrides: list[str], questions: int, epochs: float, work: Pa
             "truncated": metrics["stops"].get("truncated", 0) / n if n else None, "load_avg_1m": round(load, 2)}
 
 
+def partition_ok(predictions: Path) -> float:
+    """Share of seen test answers whose first step (the partition: the question copied into named
+    parts) is the gold rationale's, word for word. A model learns to copy before it learns to
+    calculate, so this moves long before accuracy does."""
+    from tripost.records import read_trajectories
+    from tripost.tasks.multistep_arithmetic import rationale
+
+    trajs = [t for t in read_trajectories(predictions) if t.seen]
+    ok = sum(t.messages[0].text.split("\n")[0] == rationale(t.question).split("\n")[0] for t in trajs)
+    return ok / len(trajs)
+
+
 COLUMNS = [("setting", "{setting}"), ("questions x ep", "{questions:,} x {epochs:g}"), ("params", "{params_approx:,}"),
            ("tokens", "{tokens_seen:,}"), ("tok/s", "{tokens_per_s:.0f}"), ("train s", "{train_s:.0f}"),
-           ("build s", "{build_s:.0f}"), ("seen", "{seen:.1%}"), ("seen 95% CI", "[{seen_ci[0]:.1%}, {seen_ci[1]:.1%}]"),
+           ("build s", "{build_s:.0f}"), ("step 1 ok", "{partition_ok:.0%}"), ("seen", "{seen:.1%}"), ("seen 95% CI", "[{seen_ci[0]:.1%}, {seen_ci[1]:.1%}]"),
            ("unseen", "{unseen:.1%}"), ("trunc", "{truncated:.1%}"), ("eval s", "{eval_s:.0f}"),
            ("load", "{load_avg_1m:.1f}")]
 

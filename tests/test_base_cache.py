@@ -30,6 +30,10 @@ def test_the_key_covers_what_makes_the_base_and_nothing_else(tmp_path):
     for same in (["tripost.p=0.2"], ["iterate.rounds=3"], ["train.threads=1"], ["evaluate.max_new_tokens=99"],
                  ["name=other"]):
         assert base_dirs(tmp_path, *same) == ref, same
+    # A warm-up pool larger than the rounds' holds out the whole test split: how many test
+    # questions a run evaluates does not change its base.
+    pooled = base_dirs(tmp_path, "iterate.warmup_questions=40")
+    assert base_dirs(tmp_path, "iterate.warmup_questions=40", "task.max_test=3") == pooled
     # Another base: the task, the tokenizer and model, the warm-up data and its training.
     for other in (["task.seed=1"], ["init_model.hidden_size=48"], ["init_model.tokenizer=digits"],
                   ["iterate.warmup_questions=40"], ["iterate.warmup_epochs=2"], ["train.learning_rate=0.001"],

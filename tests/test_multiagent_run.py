@@ -31,7 +31,7 @@ method: multiagent
 task: {max_train: 10, max_test: 6}
 init_model: {vocab_size: 320, hidden_size: 64, intermediate_size: 128, num_hidden_layers: 2,
              num_attention_heads: 2, num_key_value_heads: 2, max_position_embeddings: 1024}
-collect: {max_new_tokens: 230, batch_size: 4, do_sample: true, temperature: 0.3}
+collect: {max_new_tokens: 230, batch_size: 2, do_sample: true, temperature: 0.3}  # 8 debates at a time: some finish first
 evaluate: {max_new_tokens: 230, batch_size: 8}
 train: {epochs: 4, micro_batch_size: 2, learning_rate: 0.003, max_length: 768}
 process: {max_tokens: 768}

@@ -45,16 +45,24 @@ def digit_pieces(tok, text: str) -> list[str]:
     return [p for p in pieces(tok, text) if p == "-" or re.search(r"[0-9]", p)]
 
 
+def transcript(question: str, attempt: str, feedback: str, update: str | None = None) -> str:
+    """The plain-text training transcript (as the trainer sees it) of one TriPosT turn."""
+    from tripost.formats import prompt_format
+    from tripost.methods.tripost import segments
+
+    return "".join(seg.text for seg in segments(prompt_format(False), question, attempt, feedback, update, 1.0))
+
+
 def test_texts_round_trip_exactly(tok, cfg):
     task = get_task(cfg.task)
     texts = []
     for ex in task.load("test"):  # seen and unseen (longer, deeper) questions
         gold = task.gold_rationale(ex)
         n = sum(1 for s in steps.parse_steps(gold) if s.label.isdigit())
-        texts.append(steps.render_transcript(ex.question, gold, steps.feedback_correct(n))[0])
-        texts.append(steps.render_transcript(
+        texts.append(transcript(ex.question, gold, steps.feedback_correct(n)))
+        texts.append(transcript(
             ex.question, gold.replace(" = ", " = -1", 1),
-            steps.feedback_wrong(1, "2", "(-7 + -189) = -186", "(-7 + -189) is not equal to -186"), gold)[0])
+            steps.feedback_wrong(1, "2", "(-7 + -189) = -186", "(-7 + -189) is not equal to -186"), gold))
     texts += [
         "(4) Then, the final equation is A * B = -505 * -17 = 8585.\n(Final response) So the answer is 8585.",
         "3 - -4 = 7, -999 - 999 = -1998, 1000 * -1000 = -1000000, 007 and -0 and --5 and x-3",
@@ -99,7 +107,7 @@ def test_numbers_out_of_range_are_spelled_one_character_per_token(tok):
 
 @pytest.mark.parametrize("kind", ["numbers", "numbers_words", "digits"])
 def test_a_trimmed_prompt_is_a_token_prefix_of_the_text(kind):
-    """Generation cuts the prompt's trailing space (rollout.generate_batch); the prompt's tokens
+    """Generation cuts the prompt's trailing space (engine.generate_batch); the prompt's tokens
     must then be the first tokens of the training text, so the model continues as it was trained."""
     from tripost.model_init import tokenizer_corpus
 
@@ -110,7 +118,7 @@ def test_a_trimmed_prompt_is_a_token_prefix_of_the_text(kind):
         gold = task.gold_rationale(ex)
         wrong = gold.replace(" = ", " = 1", 1)
         feedback = steps.feedback_wrong(0, "1", "x", "y is not equal to -12")
-        full = steps.render_transcript(ex.question, wrong, feedback, gold)[0]
+        full = transcript(ex.question, wrong, feedback, gold)
         for prompt in (steps.prompt(ex.question), steps.prompt(ex.question) + wrong + steps.FEEDBACK_PREFIX):
             trimmed = tok(prompt.rstrip(" "))["input_ids"]
             assert tok(full)["input_ids"][: len(trimmed)] == trimmed, (kind, prompt)

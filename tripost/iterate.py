@@ -279,16 +279,20 @@ def plan(cfg: Config, run_dir: Path) -> list[Stage]:
         base_stages.append(Stage(f"round_0/{name}", run_dir / "round_0" / name, fn, config, inputs, {}, list(scripts)))
         return base_stages[-1].dir
 
+    # With a warm-up pool larger than the rounds' (iterate.warmup_questions), the base holds out the
+    # run's whole test split, so runs that differ only in how many test questions they evaluate
+    # (task.max_test: the train split never depends on it) share one base.
+    base_task = cfg.task if it.warmup_questions is None else with_changes(cfg.task, max_test=None)
     if cfg.model is None:
-        base = add_base("init_model", _init_model, {"task": cfg.task, "init_model": cfg.init_model, **rationales}, {},
+        base = add_base("init_model", _init_model, {"task": base_task, "init_model": cfg.init_model, **rationales}, {},
                         scripts=rationale_scripts)
     else:
         base = resolve_path(cfg.model)
         if not base.exists():
             raise TripostError(f"config: 'model' directory not found: {cfg.model}")
     if it.warmup:
-        pool = cfg.task if it.warmup_questions is None else with_changes(cfg.task, max_train=it.warmup_questions)
-        held_out = {} if it.warmup_questions is None else {"held_out_task": cfg.task}
+        pool = cfg.task if it.warmup_questions is None else with_changes(base_task, max_train=it.warmup_questions)
+        held_out = {} if it.warmup_questions is None else {"held_out_task": base_task}
         wp = add_base("warmup_process", _rationale_process,
                       {"task": pool, "process": cfg.process, "chat_template": cfg.chat_template,
                        "model_name": "base", **rationales, **held_out}, {"tokenizer": base}, scripts=rationale_scripts)
