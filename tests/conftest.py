@@ -99,8 +99,9 @@ TINY_RUN_OVERRIDES = [
     "train.epochs=1", "iterate.warmup_epochs=1", "train.micro_batch_size=4", "iterate.rounds=1",
     # A low learning rate keeps the model near random: it writes (wrong) text the experts can edit.
     "train.learning_rate=0.0001",
-    # Each test builds its own base: nothing is read from or left in the user's base cache.
-    "iterate.base_cache=null",
+    # Each test builds its own base: nothing is read from or left in the user's base cache; the
+    # warm-up trains on the run's own few questions with the settings above, on one thread.
+    "iterate.base_cache=null", "iterate.warmup_questions=null", "iterate.warmup_train={}", "train.threads=1",
 ]
 
 

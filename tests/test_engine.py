@@ -92,5 +92,5 @@ def test_expert_answerer_groups_by_kind_and_names_the_author():
     assert [r.text for r in replies] == ["fb 1", "new 2", "fb 3"]
     assert all(r.author == "script:counting.py" for r in replies)
     assert expert.seen == [("feedback", 2), ("improve", 1)]
-    with pytest.raises(TripostError, match="cannot answer a 'remark' request"):
-        ExpertAnswerer(expert).answer([Request("partner", "remark", args=(None, "1", "supportive"))])
+    with pytest.raises(TripostError, match="cannot answer a 'generate' request"):  # a model's kind
+        ExpertAnswerer(expert).answer([Request("partner", "generate", prompt="Q: 1 =\nA: ")])

@@ -124,7 +124,7 @@ def test_report_has_plots_and_escaped_trajectories(run_dir, tmp_path, capsys):
     code, stdout, _ = run_cli(capsys, "report", str(copy), "--out", str(out))
     assert code == 0 and str(out) in stdout
     page = out.read_text()
-    assert '<img alt="self-improvement per round"' in page  # the SI metrics of the summary rows
+    assert '<img alt="method metrics per round"' in page  # the SI metrics of the summary rows
     assert page.count('<img alt="') >= 4 and page.count("data:image/png;base64,") >= 4
     assert "training loss" in page and "accuracy per round" in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; (1 + 2) =" in page

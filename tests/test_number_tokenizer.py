@@ -12,6 +12,7 @@ from transformers import AutoTokenizer
 from tripost import steps
 from tripost.config import load_config
 from tripost.errors import TripostError
+from tripost.methods.tripost import FEEDBACK_PREFIX
 from tripost.model_init import init_model, train_tokenizer
 from tripost.tasks import get_task
 
@@ -119,7 +120,7 @@ def test_a_trimmed_prompt_is_a_token_prefix_of_the_text(kind):
         wrong = gold.replace(" = ", " = 1", 1)
         feedback = steps.feedback_wrong(0, "1", "x", "y is not equal to -12")
         full = transcript(ex.question, wrong, feedback, gold)
-        for prompt in (steps.prompt(ex.question), steps.prompt(ex.question) + wrong + steps.FEEDBACK_PREFIX):
+        for prompt in (steps.prompt(ex.question), steps.prompt(ex.question) + wrong + FEEDBACK_PREFIX):
             trimmed = tok(prompt.rstrip(" "))["input_ids"]
             assert tok(full)["input_ids"][: len(trimmed)] == trimmed, (kind, prompt)
 

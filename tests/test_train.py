@@ -323,3 +323,15 @@ def test_full_logits_loss_trains_like_the_chunked_one(tmp_path, examples_file, t
     a, b = _weights(tmp_path / "full/model"), _weights(tmp_path / "chunked/model")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_a_child_of_an_in_process_training_makes_its_own_world(tmp_path, examples_file, tiny_model_dir, tiny_cfg):
+    """A process that trained in process keeps its world of one (its store holds MASTER_PORT); a
+    `tripost train` it starts inherits those variables and must not take them for a launcher's."""
+    overrides = ["train.packing=false", "train.micro_batch_size=2", "train.max_steps=1", f"task.name={tiny_cfg.task.name}"]
+    train.train(load_config(None, overrides).train, examples_file, tiny_model_dir, tmp_path / "parent")
+    assert os.environ[train.WORLD_OF_ONE].startswith(f"{os.getpid()}:")
+    proc = subprocess.run(_cli(examples_file, tiny_model_dir, tmp_path / "child", *overrides), cwd=ROOT,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert train.is_complete(tmp_path / "child" / "model")

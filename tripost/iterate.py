@@ -553,7 +553,7 @@ def _iterate_one(cfg: Config, force_from: str | None, echo: bool) -> dict:
             moved = move_aside(d)
             print(f"[iterate] {d.relative_to(run_dir)}: part of an unfinished round written by an older tripost; "
                   f"moved aside to {moved.name} (the round is redone)", file=sys.stderr)
-        runner = Runner(run_dir, cfg.method)
+        runner = Runner(run_dir, cfg.method, Path(cfg.iterate.base_cache).expanduser() if cfg.iterate.base_cache else None)
         first = find(stages, force_from) if force_from is not None else len(stages)
         # Check the finished stages up front, so a refused run changes nothing (not even
         # config.yaml) and a forced one moves nothing aside when an earlier stage changed too.

@@ -172,15 +172,17 @@ def _v1_config(old: dict, method: str) -> dict:
 class Runner:
     """Runs the stages of one run directory."""
 
-    def __init__(self, run_dir: Path, method: str):
-        self.dir, self.method = Path(run_dir), method
+    def __init__(self, run_dir: Path, method: str, base_cache: Path | None = None):
+        self.dir, self.method, self.base_cache = Path(run_dir), method, base_cache
 
     def rel(self, p) -> str:
-        p = Path(p)
-        try:
-            return str(p.resolve().relative_to(self.dir.resolve()))
-        except ValueError:
-            return str(p)
+        """How a manifest names an input path: relative to the run directory, or to the base cache
+        ("base-cache:<key>/..."), so moving or copying either keeps finished stages finished."""
+        full = Path(p).resolve()
+        for root, prefix in ((self.dir, ""), (self.base_cache, "base-cache:")):
+            if root is not None and full.is_relative_to(Path(root).resolve()):
+                return prefix + str(full.relative_to(Path(root).resolve()))
+        return str(p)
 
     def state(self, stage: Stage, only_inputs: set | None = None) -> dict:
         """Config, input hashes, values, script hashes and fingerprint of a stage as it would run

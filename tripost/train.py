@@ -60,7 +60,10 @@ from tripost.config import Config, TrainConfig, resolve_path, to_dict
 from tripost.errors import TripostError
 
 MARKER = "COMPLETE"
-DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")
+# Set by a launcher (or by init_distributed for a world of one, marked with WORLD_OF_ONE =
+# "<pid>:<port>"); a launched child gets none of them from us.
+WORLD_OF_ONE = "TRIPOST_WORLD_OF_ONE"
+DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE", WORLD_OF_ONE)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -294,18 +297,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _inherited_world_of_one() -> bool:
+    """The distributed variables were set by a parent process's own world of one (it trained in
+    process, then started us), not by a launcher: its store still holds that port."""
+    marker = os.environ.get(WORLD_OF_ONE, "")
+    pid, _, port = marker.partition(":")
+    return bool(marker) and pid != str(os.getpid()) and port == os.environ.get("MASTER_PORT")
+
+
 def init_distributed(deepspeed, backend: str) -> None:
     """Join the launcher's world, or make a world of one for a plain `tripost train`. A free port
     can be taken by another process between our probe and the store's listen, so a world of one
     retries with a fresh port (a launcher's port is the launcher's business)."""
-    if "RANK" in os.environ:
+    if "RANK" in os.environ and not _inherited_world_of_one():
         deepspeed.init_distributed(dist_backend=backend)
         return
     from torch.distributed import DistNetworkError
 
     for attempt in range(5):
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(_free_port()))
+        port = str(_free_port())
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        os.environ[WORLD_OF_ONE] = f"{os.getpid()}:{port}"
         try:
             deepspeed.init_distributed(dist_backend=backend)
             return
