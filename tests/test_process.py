@@ -15,6 +15,8 @@ from tripost.process import rationale_sft
 from tripost.records import Message, Segment, Trajectory, TrainingExample
 from tripost.tasks import get_task
 
+from conftest import BIGBENCH_DIR
+
 WRONG = "(1) Let's calculate (2 + 3) = 6.\n(Final response) So the answer is 6."
 RIGHT = "(1) Let's calculate (2 + 3) = 5.\n(Final response) So the answer is 5."
 FB_WRONG = steps.feedback_wrong(0, "1", "(2 + 3) = 6", "(2 + 3) is not equal to 6")
@@ -139,15 +141,14 @@ def test_shortfall_in_stats_and_summary(tmp_path, capsys):
     assert "NOT reached" in summary(stats)
 
 
+@pytest.mark.skipif(not (BIGBENCH_DIR / "date_understanding.json").is_file(), reason="no BIG-bench data in ../shared")
 def test_llm_writes_gold_rationales_for_tasks_without_a_script(tmp_path, monkeypatch):
     """date_understanding has no scripted rationale: with an LLM expert, process asks it for one
     per train question, keeps only those that reach the gold answer, and a rerun pays nothing."""
-    from pathlib import Path
-
     from fake_messages_server import FakeMessagesServer, tool_name, tool_use, user_text
     from tripost.tasks import get_task
 
-    data_dir = Path(__file__).resolve().parents[2] / "shared/data/bigbench"
+    data_dir = BIGBENCH_DIR
     cfg = load_config(None, [("task.name", "date_understanding"), ("task.data_dir", str(data_dir)),
                              ("task.max_train", 6), ("edit.feedback", "llm"), ("edit.improvement", "llm"),
                              ("edit.api.api_key_env", "TRIPOST_TEST_KEY"), ("edit.api.max_retries", 0)])
