@@ -124,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
             "A terminal view of a JSONL file written by tripost (any stage, any method, older versions too), "
             "with filters and summary statistics. Conversations are shown round by round; training "
             "examples segment by segment with their weights.")
+    p.epilog = None  # reads files; takes no config overrides
     p.add_argument("file", metavar="FILE.jsonl")
     p.add_argument("--id", help="only this id (prefix); training examples also match their source trajectory")
     p.add_argument("--status", help="trajectories: only this status (kept, dropped, pending)")
@@ -146,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
             "(save_to_disk) with token ids and the exact per-token weights. Message formats keep a mask or "
             "one weight per message, not tripost's per-token weights; a warning says how many examples "
             "that changed.")
+    p.epilog = None  # reads files; takes no config overrides
     p.add_argument("source", metavar="RUN_DIR_OR_FILE", help="a <model>.jsonl file, a process stage directory "
                    "or a run directory")
     p.add_argument("--format", required=True, metavar="FORMAT", help="trl, trl-messages, llamafactory, openai or hf")
@@ -158,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hf: cut token ids as training does (default: the run's train.max_length)")
 
     p = add("report", "tools.report", "one self-contained HTML page for a run directory")
+    p.epilog = None  # reads files; takes no config overrides
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--out", metavar="FILE.html", help="default: RUN_DIR/report.html")
     return parser
