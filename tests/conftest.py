@@ -63,6 +63,27 @@ def toy_task():
 def toy_examples(toy_task):
     return toy_task.load("test")
 
+@pytest.fixture
+def llm_setup(monkeypatch, tmp_path, toy_examples, toy_task):
+    """An LLM expert on the toy task, talking to a local fake Messages-API server that answers with
+    the gold rationales: (expert, server, examples, {question: gold rationale})."""
+    from fake_messages_server import FakeMessagesServer, gold_rule
+    from tripost.config import PROJECT_ROOT
+    from tripost.experts.llm import LlmExpert
+
+    monkeypatch.setenv("TRIPOST_TEST_API_KEY", "sk-test")
+    golds = {ex.question: toy_task.gold_rationale(ex) for ex in toy_examples}
+    with FakeMessagesServer(rule=gold_rule(golds)) as server:
+        cfg = load_config(None, [("edit.api.base_url", server.url), ("edit.api.api_key_env", "TRIPOST_TEST_API_KEY"),
+                                 ("edit.api.model", "claude-test"), ("edit.api.retry_base_s", 0.01),
+                                 ("edit.api.max_retries", 1),
+                                 # the toy task borrows the arithmetic prompts
+                                 ("edit.prompts_dir", str(PROJECT_ROOT / "prompts" / "multistep_arithmetic"))])
+        expert = LlmExpert(cfg.edit, toy_task, tmp_path)
+        yield expert, server, toy_examples, golds
+        expert.close()
+
+
 
 TINY_OVERRIDES = [
     ("task.max_train", 200), ("task.max_test", 20),

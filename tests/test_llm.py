@@ -10,15 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from fake_messages_server import FakeMessagesServer, gold_rule, tool_name, user_text
+from fake_messages_server import tool_name, user_text
 from tripost import steps
-from tripost.config import PROJECT_ROOT, load_config
+from tripost.config import PROJECT_ROOT
 from tripost.errors import TripostError
 from tripost.experts import Expert, Reply
 from tripost.experts.llm import LlmExpert, feedback_from_tool, improvement_from_tool, normalize_label
 from tripost.experts.templates import PromptTemplates
 
-KEY_ENV = "TRIPOST_TEST_API_KEY"
 
 
 def corrupt(gold: str, label: str = "2") -> str:
@@ -29,23 +28,8 @@ def corrupt(gold: str, label: str = "2") -> str:
     return steps.render_steps(out)
 
 
-@pytest.fixture
-def setup(monkeypatch, tmp_path, toy_examples, toy_task):
-    monkeypatch.setenv(KEY_ENV, "sk-test")
-    golds = {ex.question: toy_task.gold_rationale(ex) for ex in toy_examples}
-    with FakeMessagesServer(rule=gold_rule(golds)) as server:
-        cfg = load_config(None, [("edit.api.base_url", server.url), ("edit.api.api_key_env", KEY_ENV),
-                                 ("edit.api.model", "claude-test"), ("edit.api.retry_base_s", 0.01),
-                                 ("edit.api.max_retries", 1),
-                                 # the toy task borrows the arithmetic prompts
-                                 ("edit.prompts_dir", str(PROJECT_ROOT / "prompts" / "multistep_arithmetic"))])
-        expert = LlmExpert(cfg.edit, toy_task, tmp_path)
-        yield expert, server, toy_examples, golds
-        expert.close()
-
-
-def test_feedback_is_rendered_in_the_shared_grammar(setup):
-    expert, server, examples, golds = setup
+def test_feedback_is_rendered_in_the_shared_grammar(llm_setup):
+    expert, server, examples, golds = llm_setup
     assert isinstance(expert, Expert) and expert.name == "llm:claude-test"
     ex1, ex2 = examples[:2]
     wrong = corrupt(golds[ex1.question], "2")
@@ -67,8 +51,8 @@ def test_feedback_is_rendered_in_the_shared_grammar(setup):
     assert all(h.startswith("sha256:") for h in prov["templates"].values())
 
 
-def test_malformed_tool_output_is_counted_not_raised(setup):
-    expert, server, examples, golds = setup
+def test_malformed_tool_output_is_counted_not_raised(llm_setup):
+    expert, server, examples, golds = llm_setup
     server.malformed_next(1)
     ex = examples[0]
     [reply] = expert.feedback_many([(ex, golds[ex.question])])
@@ -76,16 +60,16 @@ def test_malformed_tool_output_is_counted_not_raised(setup):
     assert reply.transient is False  # a verdict on what the model wrote: final (and cached)
 
 
-def test_api_failures_become_reply_errors(setup):
-    expert, server, examples, golds = setup
+def test_api_failures_become_reply_errors(llm_setup):
+    expert, server, examples, golds = llm_setup
     server.fail_when(lambda body: True, 529)
     replies = expert.feedback_many([(ex, golds[ex.question]) for ex in examples[:2]])
     assert [r.error for r in replies] == ["llm_api_error_529"] * 2
     assert [r.transient for r in replies] == [True, True]  # the item is not done: a rerun asks again
 
 
-def test_a_body_cut_short_becomes_a_transient_reply_then_succeeds_on_rerun(setup):
-    expert, server, examples, golds = setup  # edit.api.max_retries=1: two tries
+def test_a_body_cut_short_becomes_a_transient_reply_then_succeeds_on_rerun(llm_setup):
+    expert, server, examples, golds = llm_setup  # edit.api.max_retries=1: two tries
     ex = examples[0]
     server.bad_body_next(2, "garbage")
     [reply] = expert.feedback_many([(ex, golds[ex.question])])
@@ -94,8 +78,8 @@ def test_a_body_cut_short_becomes_a_transient_reply_then_succeeds_on_rerun(setup
     assert again.error is None and again.transient is False and steps.says_correct(again.text)
 
 
-def test_improvement_keeps_the_verified_prefix(setup):
-    expert, server, examples, golds = setup
+def test_improvement_keeps_the_verified_prefix(llm_setup):
+    expert, server, examples, golds = llm_setup
     ex = examples[0]
     gold = golds[ex.question]
     wrong = corrupt(gold, "3")
@@ -110,8 +94,8 @@ def test_improvement_keeps_the_verified_prefix(setup):
     assert bad.error == "llm_unparsable_improvement"
 
 
-def test_rationales_must_be_well_formed_and_right(setup, tmp_path):
-    expert, server, examples, golds = setup
+def test_rationales_must_be_well_formed_and_right(llm_setup, tmp_path):
+    expert, server, examples, golds = llm_setup
     prompts = tmp_path / "prompts"
     prompts.mkdir()
     (prompts / "rationale.j2").write_text("{% block system %}Solve.{% endblock %}"

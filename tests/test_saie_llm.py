@@ -25,25 +25,10 @@ from tripost.experts.llm import LlmExpert, remark_from_tool
 from tripost.experts.templates import PromptTemplates
 from tripost.records import read_trajectories
 
-KEY_ENV = "TRIPOST_TEST_API_KEY"
 
 
-@pytest.fixture
-def setup(monkeypatch, tmp_path, toy_examples, toy_task):
-    monkeypatch.setenv(KEY_ENV, "sk-test")
-    golds = {ex.question: toy_task.gold_rationale(ex) for ex in toy_examples}
-    with FakeMessagesServer(rule=gold_rule(golds)) as server:
-        cfg = load_config(None, [("edit.api.base_url", server.url), ("edit.api.api_key_env", KEY_ENV),
-                                 ("edit.api.model", "claude-test"), ("edit.api.retry_base_s", 0.01),
-                                 ("edit.api.max_retries", 1),
-                                 ("edit.prompts_dir", str(PROJECT_ROOT / "prompts" / "multistep_arithmetic"))])
-        expert = LlmExpert(cfg.edit, toy_task, tmp_path)
-        yield expert, server, toy_examples, golds
-        expert.close()
-
-
-def test_remarks_by_stance(setup):
-    expert, server, examples, golds = setup
+def test_remarks_by_stance(llm_setup):
+    expert, server, examples, golds = llm_setup
     ex1, ex2 = examples[:2]
     right, wrong = golds[ex1.question], golds[ex2.question].replace("So the answer is", "So the answer is 1")
     replies = expert.remark_many([(ex1, right, "adversarial"), (ex2, wrong, "supportive"),
@@ -64,8 +49,8 @@ def test_remarks_by_stance(setup):
     assert len(server.message_requests) == before
 
 
-def test_malformed_remarks_are_counted(setup):
-    expert, server, examples, golds = setup
+def test_malformed_remarks_are_counted(llm_setup):
+    expert, server, examples, golds = llm_setup
     server.malformed_next(1)
     ex = examples[3]
     (reply,) = expert.remark_many([(ex, golds[ex.question], "auto")])

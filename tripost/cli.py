@@ -34,6 +34,7 @@ def _common(p: argparse.ArgumentParser, task: bool = True) -> None:
                        "word_sorting, date_understanding, logical_deduction, jsonl, or your task file my_task.py")
         p.add_argument("--data-dir", metavar="DIR", help="task data directory (config task.data_dir)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    p.epilog = EPILOG
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name, module, help_text, description=None):
-        p = sub.add_parser(name, help=help_text, description=description or help_text, epilog=EPILOG,
+        p = sub.add_parser(name, help=help_text, description=description or help_text,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.set_defaults(module=module)
         return p
@@ -124,7 +125,6 @@ def build_parser() -> argparse.ArgumentParser:
             "A terminal view of a JSONL file written by tripost (any stage, any method, older versions too), "
             "with filters and summary statistics. Conversations are shown round by round; training "
             "examples segment by segment with their weights.")
-    p.epilog = None  # reads files; takes no config overrides
     p.add_argument("file", metavar="FILE.jsonl")
     p.add_argument("--id", help="only this id (prefix); training examples also match their source trajectory")
     p.add_argument("--status", help="trajectories: only this status (kept, dropped, pending)")
@@ -147,7 +147,6 @@ def build_parser() -> argparse.ArgumentParser:
             "(save_to_disk) with token ids and the exact per-token weights. Message formats keep a mask or "
             "one weight per message, not tripost's per-token weights; a warning says how many examples "
             "that changed.")
-    p.epilog = None  # reads files; takes no config overrides
     p.add_argument("source", metavar="RUN_DIR_OR_FILE", help="a <model>.jsonl file, a process stage directory "
                    "or a run directory")
     p.add_argument("--format", required=True, metavar="FORMAT", help="trl, trl-messages, llamafactory, openai or hf")
@@ -160,7 +159,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hf: cut token ids as training does (default: the run's train.max_length)")
 
     p = add("report", "tools.report", "one self-contained HTML page for a run directory")
-    p.epilog = None  # reads files; takes no config overrides
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--out", metavar="FILE.html", help="default: RUN_DIR/report.html")
     return parser

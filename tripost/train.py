@@ -306,24 +306,13 @@ def _inherited_world_of_one() -> bool:
 
 
 def init_distributed(deepspeed, backend: str) -> None:
-    """Join the launcher's world, or make a world of one for a plain `tripost train`. A free port
-    can be taken by another process between our probe and the store's listen, so a world of one
-    retries with a fresh port (a launcher's port is the launcher's business)."""
-    if "RANK" in os.environ and not _inherited_world_of_one():
-        deepspeed.init_distributed(dist_backend=backend)
-        return
-    from torch.distributed import DistNetworkError
-
-    for attempt in range(5):
+    """Join the launcher's world, or make a world of one for a plain `tripost train` (marked, so
+    a tripost process this one starts does not take it for a launcher's)."""
+    if "RANK" not in os.environ or _inherited_world_of_one():
         port = str(_free_port())
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
         os.environ[WORLD_OF_ONE] = f"{os.getpid()}:{port}"
-        try:
-            deepspeed.init_distributed(dist_backend=backend)
-            return
-        except DistNetworkError:
-            if attempt == 4:
-                raise
+    deepspeed.init_distributed(dist_backend=backend)
 
 
 def use_bf16(tc) -> bool:
