@@ -68,6 +68,10 @@ def test_names_only_when_allowed():
 
 def test_reduction_chain_products_first_then_left_to_right():
     assert reduction_chain(parse("(-7 + 6 * 2)")) == ["(-7 + 6 * 2)", "(-7 + 12)", "5"]
+    # one multiplication per step, in every product of the group at once
+    assert reduction_chain(parse("(6 * 5 * 8)")) == ["(6 * 5 * 8)", "(30 * 8)", "240"]
+    assert reduction_chain(parse("(1 - 2 * -3 * 4 + 5 * 6)")) == [
+        "(1 - 2 * -3 * 4 + 5 * 6)", "(1 - -6 * 4 + 30)", "(1 - -24 + 30)", "(25 + 30)", "55"]
     assert reduction_chain(parse("(1 - 2 + 3 - 4)")) == ["(1 - 2 + 3 - 4)", "(-1 + 3 - 4)", "(2 - 4)", "-2"]
     assert reduction_chain(parse("((1 + 2 * 3) - (3 * 4 - 1))")) == [
         "((1 + 2 * 3) - (3 * 4 - 1))", "((1 + 6) - (12 - 1))", "(7 - 11)", "-4"]

@@ -63,26 +63,27 @@ TOKENIZER = "round_0/init_model"
 # Recorded after the method seam (where the refactor alone reproduced the values recorded at 65ec9aa
 # exactly), then re-recorded for two changes meant to change results: `process` sorts records by id
 # (results no longer depend on the order of lines in the files; the examples file order changes the
-# training shuffle), and `edit` drops attempts that were cut off or have no numbered step (issue 12).
+# training shuffle), and `edit` drops attempts that were cut off or have no numbered step (issue 12);
+# and again when the gold rationale began doing one multiplication per step (issue 9).
 EXPECTED: dict = {
     "examples": {
         "warmup": {
             "n": 48,
-            "sha": "4573f86ff8999fc6"
+            "sha": "0b152ee524de08dd"
         },
         "round_1": {
-            "n": 51,
-            "sha": "33931d475285fe2d"
+            "n": 84,
+            "sha": "0a4b34096f32bd1a"
         },
         "baseline_1": {
-            "n": 84,
-            "sha": "26dc81f53e72dd54"
+            "n": 139,
+            "sha": "9348d8e433a87cd3"
         }
     },
     "predictions": {
-        "warmup": "4cb46aa39900291a",
-        "round_1": "174f19cbab7b17fc",
-        "baseline_1": "8df169a2e46c8e2b"
+        "warmup": "add2caa76b040679",
+        "round_1": "d3ccab06ce8b9a36",
+        "baseline_1": "eb236c0df8f7f248"
     },
     "metrics": {
         "warmup": {
@@ -109,8 +110,8 @@ EXPECTED: dict = {
                 "si_harm": 0.0
             },
             "stops": {
-                "no_feedback": 7,
-                "truncated": 9
+                "no_feedback": 14,
+                "truncated": 2
             }
         },
         "round_1": {
@@ -137,20 +138,21 @@ EXPECTED: dict = {
                 "si_harm": 0.0
             },
             "stops": {
-                "truncated": 16
+                "no_feedback": 9,
+                "truncated": 7
             }
         },
         "baseline_1": {
             "n": 16,
-            "accuracy": 0.0625,
-            "first_accuracy": 0.0625,
+            "accuracy": 0.0,
+            "first_accuracy": 0.0,
             "si_frequency": 0.0,
             "si_contribution": 0.0,
             "si_harm": 0.0,
             "seen": {
                 "n": 6,
-                "accuracy": 0.16666666666666666,
-                "first_accuracy": 0.16666666666666666,
+                "accuracy": 0.0,
+                "first_accuracy": 0.0,
                 "si_frequency": 0.0,
                 "si_contribution": 0.0,
                 "si_harm": 0.0

@@ -113,7 +113,7 @@ def _counts(examples: list[TrainingExample]) -> dict:
 
 def _dedupe_and_limit(examples: list[TrainingExample], tokenizer, max_tokens: int, stats: dict, drops: Counter):
     """Steps 2 and 3, counted."""
-    from tripost.train import encode_example
+    from tripost.train import encode_examples
 
     seen, unique = set(), []
     for e in examples:
@@ -125,7 +125,7 @@ def _dedupe_and_limit(examples: list[TrainingExample], tokenizer, max_tokens: in
     if tokenizer is None:
         stats["length_limit"] = "skipped: no tokenizer given"
         return unique
-    kept = [e for e in unique if len(encode_example(e, tokenizer)[0]) <= max_tokens]
+    kept = [e for e, (ids, _) in zip(unique, encode_examples(unique, tokenizer)) if len(ids) <= max_tokens]
     drops["too_long"] += len(unique) - len(kept)
     stats["length_limit"] = f"max_tokens={max_tokens} (as the trainer encodes them: text + EOS)"
     stats["after_length"] = _counts(kept)
@@ -227,11 +227,11 @@ def token_matched(examples: list[TrainingExample], tokenizer, max_length: int, b
     encodes them, capped at max_length) reach `budget`: how a baseline or an arm is given the same
     compute as the method. Stops short when the next example would overshoot by more than it
     undershoots. `model` renames the copies (the model that trains on them)."""
-    from tripost.train import encode_example
+    from tripost.train import encode_examples
 
     if not examples:
         raise TripostError("no training examples to match the token budget with")
-    lengths = [len(encode_example(e, tokenizer, max_length)[0]) for e in examples]
+    lengths = [len(ids) for ids, _ in encode_examples(examples, tokenizer, max_length)]
     rng = random.Random(seed)
     picked, total, passes, full = [], 0, 0, False
     while not full:

@@ -23,6 +23,7 @@ Files written by tripost before the method seam (schema `/1`) still read: `read_
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -185,15 +186,22 @@ def _check(value, annotation, name: str, at: str):
     return value
 
 
+@functools.cache
+def _fields(cls) -> tuple[dict, list[str]]:
+    """A record class's field types and required fields (resolving the type hints is slow enough
+    to dominate reading a file of 100k short records, so once per class)."""
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    return typing.get_type_hints(cls), required
+
+
 def _build(cls, data: dict, at: str):
     if not isinstance(data, dict):
         raise TripostError(f"{at}: expected an object for {cls.__name__}, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
+    hints, required = _fields(cls)
     unknown = set(data) - set(hints)
     if unknown:
         raise TripostError(f"{at}: unknown field(s) {sorted(unknown)} for {cls.__name__}")
-    required = [f.name for f in dataclasses.fields(cls)
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     missing = [k for k in required if k not in data]
     if missing:
         raise TripostError(f"{at}: {cls.__name__} lacks field(s) {missing}")

@@ -78,16 +78,38 @@ def encode_example(example: records.TrainingExample, tokenizer, max_length: int 
     space that BPE merges into the answer's first token (" ("), and the model must learn to write
     that token. Added special tokens (BOS) are context. Plain text gets EOS appended, trained with
     the last segment's weight; chat-template text ends in its own end-of-turn segment."""
+    return encode_examples([example], tokenizer, max_length)[0]
+
+
+def encode_examples(examples: list[records.TrainingExample], tokenizer, max_length: int | None = None,
+                    chunk: int = 1024) -> list[tuple[list[int], list[float]]]:
+    """`encode_example` for many examples, tokenized in batches (about twice as fast per example
+    as one call each, which matters for a warm-up of 100k rationales)."""
     if not tokenizer.is_fast:
         raise TripostError("train needs a fast tokenizer (offset mappings); got a slow one")
-    text = example.text
+    specials = set(tokenizer.all_special_ids)
+    out = []
+    for at in range(0, len(examples), chunk):
+        part = examples[at:at + chunk]
+        encodings = {}
+        for chat in (False, True):  # chat text carries its own special tokens
+            rows = [i for i, e in enumerate(part) if e.chat_template == chat]
+            if rows:
+                enc = tokenizer([part[i].text for i in rows], return_offsets_mapping=True,
+                                add_special_tokens=not chat)
+                for j, i in enumerate(rows):
+                    encodings[i] = (enc["input_ids"][j], enc["offset_mapping"][j])
+        for i, example in enumerate(part):
+            ids, offsets = encodings[i]
+            out.append(_weigh(example, list(ids), offsets, specials, tokenizer.eos_token_id, max_length))
+    return out
+
+
+def _weigh(example, ids, offsets, specials, eos_id, max_length):
     starts, at = [], 0
     for seg in example.segments:
         starts.append(at)
         at += len(seg.text)
-    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=not example.chat_template)
-    ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
-    specials = set(tokenizer.all_special_ids)
     weights = []
     for (a, b), tid in zip(offsets, ids):
         if a == b and tid in specials:
@@ -95,8 +117,8 @@ def encode_example(example: records.TrainingExample, tokenizer, max_length: int 
             continue
         i = max(0, bisect.bisect_right(starts, max(a, b - 1)) - 1)
         weights.append(float(example.segments[i].weight))
-    if not example.chat_template and tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
+    if not example.chat_template and eos_id is not None:
+        ids.append(eos_id)
         weights.append(float(example.segments[-1].weight))
     if max_length is not None:
         ids, weights = ids[:max_length], weights[:max_length]
@@ -503,7 +525,7 @@ def run_training(tc: TrainConfig, examples_path, model_dir, out_dir) -> dict:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     except (OSError, ValueError) as e:
         raise TripostError(f"{model_dir}: cannot load a tokenizer ({e})") from None
-    encoded = [encode_example(e, tokenizer, tc.max_length) for e in examples]
+    encoded = encode_examples(examples, tokenizer, tc.max_length)
     encoded = [x for x in encoded if len(x[0]) >= 2]
     if not encoded:
         raise TripostError(f"{examples_path}: no training examples")

@@ -23,10 +23,13 @@ Gold rationale format (the feedback script, LLM prompts and the trained model re
 * Step (1), the partition: the question without its outer parentheses, each parenthesised operand
   at the top level named A, B, C, ... in order. Definitions are joined by ", " and a last " and ".
 * One "Let's calculate X = ... ." step per part, in order. The chain starts with the part exactly as
-  in step (1) and goes down one `arith.reduce_once` step per "=": in every innermost group all
-  products at once, then + and - one at a time from the left; a group that becomes one number
-  loses its parentheses. Deeper parts reduce their inner groups inside the same chain:
+  in step (1) and goes down one `arith.reduce_once` step per "=": in every innermost group one
+  multiplication in each product (`(6 * 5 * 8) = (30 * 8) = 240`), then + and - one at a time
+  from the left; a group that becomes one number loses its parentheses. Deeper parts reduce their
+  inner groups inside the same chain:
   `A = ((1 - 2 * 3) + (4 * -5 - 6)) = ((1 - 6) + (-20 - 6)) = (-5 + -26) = -31`.
+  (Until 2026-12-02 a whole product was one step, `(6 * 5 * 8) = 240`; one operation per step
+  makes the warm-up learn about 5 times faster, docs/warmup.md.)
 * "Then, the final equation is T = T[values] = ... = v." where T is the quoted equation of step
   (1) and T[values] puts each part's result in place of its name.
 * The last line is `steps.final_line(v)`. Numbers are plain integers, negatives written "-4", so a
