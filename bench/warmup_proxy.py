@@ -17,7 +17,8 @@ same model shape on the same kind of data and measures, every --eval-every steps
 --format whole_products reproduces the gold format before 2026-12-02 (every product of a group in
 one step, "(6 * 5 * 8) = 240"); one_per_step is the current one ("(6 * 5 * 8) = (30 * 8) = 240").
 --fourier starts the number tokens' embeddings at cos/sin features of their value. The tokenizer
-is a `numbers` tokenizer built by tripost's init_model on the task (vocab 640, max_number 299).
+is a `numbers` tokenizer built by tripost's init_model on the task (vocab 640, max_number 299);
+the questions are the task's own train split (the demo's draw), encoded by tripost's trainer.
 """
 
 from __future__ import annotations
@@ -60,26 +61,24 @@ def main():
     from transformers import LlamaConfig, LlamaForCausalLM
     from tripost import arith
     from tripost.config import Config, with_changes
+    from tripost.formats import prompt_format
     from tripost.model_init import tokenizer_corpus, train_tokenizer
+    from tripost.process import rationale_example
     from tripost.tasks import get_task
-    from tripost.tasks.multistep_arithmetic import SEEN, generate_group, rationale
+    from tripost.train import encode_examples
 
     if a.format == "whole_products":
         arith._reduce_flat = whole_products
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    task = get_task(with_changes(Config().task, name="multistep_arithmetic", max_train=256))
+    # The demo's own data: the task's train split (seed 0), gold rationales as the warm-up builds
+    # them, token ids and weights as the trainer encodes them; 1000 of them held out.
+    task = get_task(with_changes(Config().task, name="multistep_arithmetic", max_train=a.questions + 1000))
     tok = train_tokenizer(tokenizer_corpus(task), 640, "numbers", 299)
-    rng, seen, data = random.Random(123), set(), []
-    while len(data) < a.questions + 1000:
-        length, depth = rng.choice(SEEN)
-        q = generate_group(rng, length, depth) + " ="
-        if q not in seen:
-            seen.add(q)
-            data.append((f"Q: {q}\nA: ", rationale(q)))
-    prompts = tok([q for q, _ in data])["input_ids"]
-    fulls = tok([q + r for q, r in data])["input_ids"]
-    encoded = [(f + [tok.eos_token_id], len(q)) for q, f in zip(prompts, fulls)]
+    fmt = prompt_format(False)
+    examples = [rationale_example(fmt, "base", ex, task.gold_rationale(ex)) for ex in task.load("train")]
+    random.Random(0).shuffle(examples)
+    encoded = encode_examples(examples[:a.questions + 1000], tok)
     test, train = encoded[-1000:], encoded[:-1000]
     numbers = {i for s, i in tok.get_vocab().items() if s.lstrip("-").isdigit()}
 
@@ -108,10 +107,10 @@ def main():
         ids = torch.full((len(items), n), tok.pad_token_id)
         labels = torch.full((len(items), n), -100)
         mask = torch.zeros((len(items), n), dtype=torch.long)
-        for r, (x, q) in enumerate(items):
+        for r, (x, w) in enumerate(items):  # w[t]: the weight of token t as a target
             ids[r, :len(x)] = torch.tensor(x)
             mask[r, :len(x)] = 1
-            labels[r, q:len(x)] = torch.tensor(x[q:])
+            labels[r, :len(x)] = torch.where(torch.tensor(w) > 0, torch.tensor(x), -100)
         return ids, mask, labels
 
     def evaluate():

@@ -403,8 +403,9 @@ def _fold_first(node):
 def _reduce_flat(node):
     """One step on an expression of numbers and operators: first one multiplication in every
     product ("-7 + 6 * 2 * 3" -> "-7 + 12 * 3" -> "-7 + 36"), then sums one operator at a time from
-    the left. One operation per product keeps each step a fact about two numbers, which is what
-    a small model can learn (docs/warmup.md: three factors in one step took 5x the training)."""
+    the left. One operation per product keeps each step a fact about two numbers, which a small
+    model learns sooner (docs/warmup.md: after the same training, 9.6% of held-out rationales
+    exactly right against 1.8% with whole products in one step)."""
     if type(node) is Num:
         return node
     if node.is_product:

@@ -28,8 +28,9 @@ Gold rationale format (the feedback script, LLM prompts and the trained model re
   from the left; a group that becomes one number loses its parentheses. Deeper parts reduce their
   inner groups inside the same chain:
   `A = ((1 - 2 * 3) + (4 * -5 - 6)) = ((1 - 6) + (-20 - 6)) = (-5 + -26) = -31`.
-  (Until 2026-12-02 a whole product was one step, `(6 * 5 * 8) = 240`; one operation per step
-  makes the warm-up learn about 5 times faster, docs/warmup.md.)
+  (Until 2026-12-02 a whole product was one step, `(6 * 5 * 8) = 240`; with one operation per
+  step the same warm-up gets 9.6% of held-out rationales exactly right instead of 1.8%,
+  docs/warmup.md.)
 * "Then, the final equation is T = T[values] = ... = v." where T is the quoted equation of step
   (1) and T[values] puts each part's result in place of its name.
 * The last line is `steps.final_line(v)`. Numbers are plain integers, negatives written "-4", so a
