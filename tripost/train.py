@@ -334,6 +334,11 @@ def init_distributed(deepspeed, backend: str) -> None:
         port = str(_free_port())
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
         os.environ[WORLD_OF_ONE] = f"{os.getpid()}:{port}"
+    # On its first CPU init DeepSpeed JIT-builds a shared-memory all-reduce kernel
+    # (deepspeed_shm_comm): 52 s of C++ on a fresh 2-core machine, for a kernel only DeepSpeed's
+    # inference all-reduce calls; training reduces through torch.distributed. Marked unavailable,
+    # it is not built.
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     deepspeed.init_distributed(dist_backend=backend)
 
 
