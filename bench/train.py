@@ -11,7 +11,7 @@ Systems (`--systems`, comma-separated):
                   (activation checkpointing ON, its fused LM head, AdamW fused), bf16 off on the CPU.
   trl-nockpt      the same with activation (gradient) checkpointing off.
   tripost         tripost.train.run_training: weighted loss, one example per row, length-bucketed
-                  micro-batches, the chunked loss (train.loss_chunk, default 256).
+                  micro-batches, logits only at trained positions (train.loss_chunk, default 4096).
   tripost-full    the same with train.loss_chunk=null (the full vocabulary logits at once).
   tripost-packed  the same as tripost with train.packing=true: rows of --pack-length tokens,
                   --pack-micro-batch rows per micro-batch (default: about the tokens of an

@@ -169,6 +169,27 @@ def test_weighted_loss_equals_hand_computation(tiny_model_dir, tok, normalizer):
     assert got.item() == pytest.approx(num / den, rel=1e-5)
 
 
+@pytest.mark.parametrize("chunk", [7, 100000])
+def test_target_only_logits_give_the_full_loss_and_gradient(tiny_model_dir, tok, chunk):
+    """The trainer's loss (logits only at trained positions, `chunk` at a time: several chunks
+    checkpointed, or one) has the loss and the gradient of the model's own full-logits forward."""
+    model = _model(tiny_model_dir)
+    batch = train.collate([train.Row([train.encode_example(e, tok)]) for e in (EX_A, EX_B, EX_C)],
+                          pad_id=tok.pad_token_id)
+    assert (batch["weights"] == 0).any() and (batch["weights"] > 1).any()  # context, padding, w > 1
+
+    def loss_and_grad(c):
+        model.zero_grad()
+        loss = train.weighted_loss_sum(model, batch, c)
+        loss.backward()
+        return loss.item(), torch.cat([p.grad.flatten() for p in model.parameters()]).clone()
+
+    (full, g_full), (part, g_part) = loss_and_grad(None), loss_and_grad(chunk)
+    assert int((batch["weights"] != 0).sum()) > 7  # chunk=7 really splits
+    assert part == pytest.approx(full, rel=1e-5)
+    torch.testing.assert_close(g_part, g_full, rtol=1e-4, atol=1e-5)
+
+
 def test_doubling_w_doubles_feedback_gradient_only(tiny_model_dir, tok):
     model = _model(tiny_model_dir)
 
