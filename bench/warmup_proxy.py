@@ -52,6 +52,10 @@ def main():
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--heads", type=int, default=2)
+    p.add_argument("--mlp", type=int, default=192, help="intermediate size")
+    p.add_argument("--untied", action="store_true", help="an output embedding of its own")
+    p.add_argument("--seed", type=int, default=0, help="initialisation and data order")
     p.add_argument("--format", choices=("one_per_step", "whole_products"), default="one_per_step")
     p.add_argument("--fourier", action="store_true")
     p.add_argument("--eval-every", type=int, default=500)
@@ -65,12 +69,13 @@ def main():
     from tripost.model_init import tokenizer_corpus, train_tokenizer
     from tripost.process import rationale_example
     from tripost.tasks import get_task
+    from tripost import train as trainer
     from tripost.train import encode_examples
 
     if a.format == "whole_products":
         arith._reduce_flat = whole_products
     torch.set_num_threads(a.threads)
-    torch.manual_seed(0)
+    torch.manual_seed(a.seed)
     # The demo's own data: the task's train split (seed 0), gold rationales as the warm-up builds
     # them, token ids and weights as the trainer encodes them; 1000 of them held out.
     task = get_task(with_changes(Config().task, name="multistep_arithmetic", max_train=a.questions + 1000))
@@ -82,10 +87,10 @@ def main():
     test, train = encoded[-1000:], encoded[:-1000]
     numbers = {i for s, i in tok.get_vocab().items() if s.lstrip("-").isdigit()}
 
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=a.hidden, intermediate_size=3 * a.hidden,
-                      num_hidden_layers=a.layers, num_attention_heads=a.hidden // 32,
-                      num_key_value_heads=a.hidden // 32, max_position_embeddings=1024,
-                      tie_word_embeddings=True, pad_token_id=tok.pad_token_id)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=a.hidden, intermediate_size=a.mlp,
+                      num_hidden_layers=a.layers, num_attention_heads=a.heads,
+                      num_key_value_heads=a.heads, max_position_embeddings=1024,
+                      tie_word_embeddings=not a.untied, pad_token_id=tok.pad_token_id)
     model = LlamaForCausalLM(cfg)
     if a.fourier:
         periods = [2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 15, 20, 30, 50, 100, 200][: a.hidden // 4]
@@ -131,29 +136,29 @@ def main():
 
     # Length-sorted windows of 32 batches, shuffled (as tripost's trainer buckets).
     order = list(range(len(train)))
-    random.Random(0).shuffle(order)
+    random.Random(a.seed).shuffle(order)
     batches = []
     for w in range(0, len(order), a.batch * 32):
         window = sorted(order[w:w + a.batch * 32], key=lambda i: len(train[i][0]))
         batches += [window[j:j + a.batch] for j in range(0, len(window), a.batch)]
-    random.Random(1).shuffle(batches)
+    random.Random(a.seed + 1).shuffle(batches)
     print(f"{a.format}{' fourier' if a.fourier else ''}: {sum(p.numel() for p in model.parameters())} "
           f"parameters, {len(train)} questions, batch {a.batch}, lr {a.lr}, {steps} steps", flush=True)
     print(f"{'step':>6} {'tokens':>10} {'train s':>8} {'exact':>6} {'num acc':>8}")
     tokens, train_s = 0, 0.0
     for s, batch in enumerate(batches):
         t = time.perf_counter()
-        ids, mask, labels = collate([train[i] for i in batch])
         for g in opt.param_groups:
             g["lr"] = lr_at(s)
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1))
+        # the trainer's loss: tripost.train's batch and weighted loss, normalised by trained tokens
+        mb = trainer.collate([trainer.Row([train[i]]) for i in batch], tok.pad_token_id)
+        loss = trainer.weighted_loss_sum(model, mb, trainer.TrainConfig.loss_chunk) / (mb["weights"] > 0).sum()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         train_s += time.perf_counter() - t
-        tokens += int(mask.sum())
+        tokens += int((mb["segments"] >= 0).sum())
         if (s + 1) % a.eval_every == 0 or s + 1 == steps:
             exact, num_acc = evaluate()
             print(f"{s + 1:>6} {tokens:>10} {train_s:>8.0f} {exact:>6.3f} {num_acc:>8.3f}", flush=True)

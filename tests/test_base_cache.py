@@ -68,6 +68,10 @@ def test_a_second_run_reuses_the_base_and_a_changed_input_builds_another(tmp_pat
     # Both runs evaluated the same base model.
     m1, m2 = (json.loads((tmp_path / f"runs/{n}/round_0/evaluate/metrics.json").read_text()) for n in ("first", "second"))
     assert m1 == m2
+    # The printed footer says how much of the stage time was the base's (spent by the first run only).
+    summary = json.loads((tmp_path / "runs/second/summary.json").read_text())
+    assert 0 < summary["base_wall_s"] < summary["total_wall_s"]
+    assert f"of which {summary['base_wall_s']} s built the base model" in second.stdout
     iterate(tmp_path, "third", "init_model.seed=1")
     now = built(tmp_path / "cache")
     assert len(now) == 2 and all(now[k] == v for k, v in first.items())

@@ -109,7 +109,10 @@ def summarize(cfg, stages: list[Stage], run_dir: Path) -> dict:
         row["vs_baseline_seen"] = paired(mine, theirs, seen)
         row["vs_baseline_unseen"] = paired(mine, theirs, set(mine) - seen)
     return {"name": cfg.name, "method": cfg.method, "rows": rows, "train_on_test": cfg.iterate.train_on_test,
+            # every stage's time, the base's included: a run that found the base in the cache did
+            # not spend base_wall_s itself (an earlier run did)
             "total_wall_s": seconds([s.id for s in stages]),
+            "base_wall_s": seconds([s.id for s in stages if s.id.startswith("base/")]),
             "stages_done": sum(1 for v in done.values() if v), "stages": len(stages)}
 
 
@@ -194,8 +197,11 @@ def format_table(summary: dict, labels: dict | None = None) -> str:
                         str(r.get("wall_s") if r.get("wall_s") is not None else "-")]
                      for r in rows])
     foot = (f"accuracies in %, 95% Wilson intervals; vs baseline: accuracy difference in points on the same "
-            f"questions, Newcombe interval, exact McNemar p. total wall time: {summary.get('total_wall_s', '-')} s "
+            f"questions, Newcombe interval, exact McNemar p. total stage time: {summary.get('total_wall_s', '-')} s "
             f"({summary['stages_done']}/{summary['stages']} stages done)")
+    if summary.get("base_wall_s"):
+        foot += (f", of which {summary['base_wall_s']} s built the base model (kept in the base cache: a run "
+                 "that finds it there does not spend that time)")
     if summary.get("train_on_test"):
         foot += ("\nWARNING: iterate.train_on_test: the rounds collected and trained on the TEST questions (as the "
                  "official multi-agent finetuning code does); these accuracies are not on held-out questions")

@@ -378,7 +378,8 @@ def build_html(run_dir: Path) -> str:
 <h1>{e(summary.get('method', 'tripost'))} run <code>{e(summary.get('name', run_dir.name))}</code></h1>
 <p class="sub">task <b>{e(str(task))}</b> · model {e(str(model))} · feedback {e(str(feedback))} ·
 {summary.get('stages_done', '?')}/{summary.get('stages', '?')} stages done · total stage time
-{e(str(summary.get('total_wall_s', '–')))} s · directory <code>{e(str(run_dir))}</code></p>
+{e(str(summary.get('total_wall_s', '–')))} s (the base model's {e(str(summary.get('base_wall_s') or 0))} s
+included, spent by the run that built it) · directory <code>{e(str(run_dir))}</code></p>
 <h2>Results per round</h2>
 {summary_table(summary, labels)}
 <p class="note">Round 0 is the warm-up ("ft rationale") model. Baseline rows: the previous baseline model
