@@ -88,6 +88,9 @@ class InitModelConfig:
     num_attention_heads: int = 4
     num_key_value_heads: int = 4
     max_position_embeddings: int = 1024
+    # false: the output layer has weights of its own instead of the input embeddings' (the same
+    # compute, more parameters); with number tokens it learns arithmetic sooner (docs/warmup.md).
+    tie_word_embeddings: bool = True
     seed: int = 0
     # "numbers": every integer from -max_number to max_number is one token (larger ones are spelled
     # digit by digit) and the text between numbers is cut into phrases; "numbers_words": the same

@@ -184,7 +184,7 @@ def build_model(m: InitModelConfig, tokenizer):
         num_hidden_layers=m.num_hidden_layers, num_attention_heads=m.num_attention_heads,
         num_key_value_heads=m.num_key_value_heads, max_position_embeddings=m.max_position_embeddings,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=m.tie_word_embeddings,
     )
     torch.manual_seed(m.seed)
     model = LlamaForCausalLM(config)
