@@ -35,7 +35,7 @@ def _traj(q, turns, status="kept"):
                       messages=messages, status=status, correct=turns[-1][0] == RIGHT, stage="edit")
 
 
-TRIPOST_KEYS = {"p", "include_gold", "w"}  # TriPosT's own settings, in the `tripost` section
+TRIPOST_KEYS = {"p", "include_gold", "w", "attempt_weight"}  # TriPosT's own settings, in the `tripost` section
 
 
 def _cfg(**kw):
@@ -80,6 +80,16 @@ def test_kinds_spans_dedupe_and_dropped(tmp_path):
     assert term.segments[2].text == FEEDBACK_PREFIX + FB_RIGHT
     saved = json.loads((tmp_path / "out" / "stats.json").read_text())
     assert saved["models"]["learner"]["final"]["total"] == len(ex)
+
+
+def test_attempt_weight_applies_to_the_wrong_attempt_only(tmp_path):
+    """tripost.attempt_weight weighs the attempt the feedback finds wrong (improvement examples);
+    a terminal example's final, correct attempt keeps weight 1."""
+    io.write_jsonl(tmp_path / "t.jsonl", [_traj("(2 + 3) =", [(WRONG, FB_WRONG), (RIGHT, FB_RIGHT)])])
+    process(_cfg(include_gold=False, p=0.5, attempt_weight=0.0), [tmp_path / "t.jsonl"], None, tmp_path / "out")
+    ex = {e.kind: e for e in records.read_examples(tmp_path / "out" / "learner.jsonl")}
+    assert [s.weight for s in ex["improvement"].segments] == [0.0, 0.0, 1.5, 1.5]
+    assert [s.weight for s in ex["terminal"].segments] == [0.0, 1.0, 1.5]
 
 
 def test_gold_examples_and_rationale_sft(tmp_path):

@@ -245,6 +245,9 @@ class TripostConfig:
     p: float = 0.43
     # Loss weight on feedback and improvement tokens (first-attempt tokens get 1).
     w: float = 1.5
+    # Loss weight on the attempt of an improvement example, the answer the feedback finds wrong
+    # (1, the paper: the model also trains on its own wrong steps; 0: only on feedback and update).
+    attempt_weight: float = 1.0
     # Improvement-expert calls per trajectory in the edit stage.
     max_improvements: int = 5
     # Add each train question's gold rationale, with "correct" feedback, to every round's data.
@@ -715,6 +718,7 @@ def validate(cfg: Config) -> None:
     t = cfg.tripost
     need(0.0 <= t.p < 1.0, "tripost.p", "must be in [0, 1)")
     need(t.w > 0, "tripost.w", "must be > 0")
+    need(t.attempt_weight >= 0, "tripost.attempt_weight", "must be >= 0")
     need(t.max_improvements >= 0, "tripost.max_improvements", "must be >= 0")
     need(t.collect_max_calls >= 1, "tripost.collect_max_calls", "must be >= 1")
     need(t.evaluate_max_calls >= 1, "tripost.evaluate_max_calls", "must be >= 1")

@@ -46,7 +46,7 @@ NAME = "tripost"
 STAGES = ("collect", "edit", "process", "train", "evaluate")
 # Which keys of the `tripost:` section each stage reads: a stage is given (and fingerprinted on)
 # only these, so changing max_improvements redoes the edits, not the rollouts before them.
-READS = {"collect": ("collect_max_calls",), "edit": ("max_improvements",), "process": ("p", "w", "include_gold"),
+READS = {"collect": ("collect_max_calls",), "edit": ("max_improvements",), "process": ("p", "w", "attempt_weight", "include_gold"),
          "evaluate": ("evaluate_max_calls", "judge")}
 LEARNER = "learner"
 FEEDBACK_PREFIX = "\nFeedback: "
@@ -92,11 +92,11 @@ def split_continuation(text: str) -> tuple[str, str | None, str | None]:
 
 
 def segments(fmt: PromptFormat, question: str, attempt: str, feedback: str | None, update: str | None,
-             w: float) -> list[Segment]:
-    """The training text of one turn: the question (context), the attempt (weight 1), and the
-    feedback and update (weight w). Each prefix belongs to the part it introduces, so the model
-    learns to write it; a chat model also learns its end-of-turn text."""
-    parts = [Segment(fmt.question(question), 0.0, "user"), Segment(attempt, 1.0, LEARNER)]
+             w: float, attempt_weight: float = 1.0) -> list[Segment]:
+    """The training text of one turn: the question (context), the attempt (weight attempt_weight,
+    1 in the paper), and the feedback and update (weight w). Each prefix belongs to the part it
+    introduces, so the model learns to write it; a chat model also learns its end-of-turn text."""
+    parts = [Segment(fmt.question(question), 0.0, "user"), Segment(attempt, attempt_weight, LEARNER)]
     if feedback is not None:
         parts.append(Segment(FEEDBACK_PREFIX + feedback, w, LEARNER))
     if update is not None:
@@ -428,7 +428,8 @@ def edit(traj: Trajectory, task, mc: TripostConfig):
 #   terminal     when the last feedback says "correct": Q, final attempt, that feedback
 #   gold         (mc.include_gold) each train question's gold rationale with "correct" feedback
 #
-# Weights: question 0, attempt 1, feedback and update mc.w. Rebalancing (`select`): a share mc.p
+# Weights: question 0, attempt 1 (an improvement example's wrong attempt: mc.attempt_weight),
+# feedback and update mc.w. Rebalancing (`select`): a share mc.p
 # of the examples are improvement examples (paper 1.5 : 1 : 1 -> 0.43).
 
 KINDS = ("improvement", "terminal", "gold")
@@ -439,8 +440,9 @@ def uses_gold(mc: TripostConfig) -> bool:
 
 
 def _example(kind: str, source, fmt: PromptFormat, attempt: str, feedback: str | None, update: str | None,
-             w: float) -> TrainingExample:
-    return training_example(NAME, LEARNER, kind, segments(fmt, source.question, attempt, feedback, update, w),
+             w: float, attempt_weight: float = 1.0) -> TrainingExample:
+    return training_example(NAME, LEARNER, kind,
+                            segments(fmt, source.question, attempt, feedback, update, w, attempt_weight),
                             source, chat_template=fmt.chat_template)
 
 
@@ -453,7 +455,8 @@ def examples(trajs: list[Trajectory], gold: list[tuple[Example, str]], mc: Tripo
         for cur, nxt in zip(turns, turns[1:]):
             if cur.feedback is None:  # an update with no critique to answer cannot be rendered
                 continue
-            out.append(_example("improvement", traj, fmt, cur.attempt, cur.feedback, nxt.attempt, mc.w))
+            out.append(_example("improvement", traj, fmt, cur.attempt, cur.feedback, nxt.attempt, mc.w,
+                                mc.attempt_weight))
         if turns and steps.says_correct(turns[-1].feedback):
             out.append(_example("terminal", traj, fmt, turns[-1].attempt, turns[-1].feedback, None, mc.w))
     if mc.include_gold:
