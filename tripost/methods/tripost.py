@@ -46,8 +46,8 @@ NAME = "tripost"
 STAGES = ("collect", "edit", "process", "train", "evaluate")
 # Which keys of the `tripost:` section each stage reads: a stage is given (and fingerprinted on)
 # only these, so changing max_improvements redoes the edits, not the rollouts before them.
-READS = {"collect": ("collect_max_calls",), "edit": ("max_improvements",), "process": ("p", "w", "attempt_weight", "include_gold"),
-         "evaluate": ("evaluate_max_calls", "judge")}
+READS = {"collect": ("collect_max_calls",), "edit": ("max_improvements",),
+         "process": ("p", "w", "attempt_weight", "include_gold"), "evaluate": ("evaluate_max_calls", "judge")}
 LEARNER = "learner"
 FEEDBACK_PREFIX = "\nFeedback: "
 UPDATE_PREFIX = "\nUpdated Answer: "
